@@ -1,0 +1,35 @@
+"""Optional dependencies, imported lazily, with an error that names the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from edge_rec.errors import MissingDependencyError
+
+# module name -> (pip extra that provides it, distribution name)
+_EXTRAS: dict[str, tuple[str, str]] = {
+    "torch": ("train", "torch==2.13.0"),
+    "safetensors": ("train", "safetensors"),
+    "tqdm": ("train", "tqdm"),
+    "scipy": ("train", "scipy"),
+    "implicit": ("train", "implicit"),
+    "matplotlib": ("train", "matplotlib"),
+    "onnx": ("export", "onnx"),
+    "onnxruntime": ("export", "onnxruntime"),
+    "coremltools": ("coreml", "coremltools"),
+    "ai_edge_litert": ("tflite", "ai-edge-litert"),
+}
+
+
+def requires(module: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        root = module.split(".")[0]
+        extra, dist = _EXTRAS.get(root, ("all", root))
+        raise MissingDependencyError(
+            f"'{module}' is needed for this step but is not installed ({exc}). "
+            f"Install it with: pip install -c constraints.txt 'edge-rec[{extra}]' (provides {dist})."
+        ) from exc

@@ -1,0 +1,27 @@
+"""Typed errors. Every message says what was received, what is allowed, and how to fix it."""
+
+from __future__ import annotations
+
+
+class EdgeRecError(Exception):
+    """Root of every error edge-rec raises on purpose. The CLI maps it to exit code 2."""
+
+    exit_code = 2
+
+
+class DataError(EdgeRecError):
+    """A dataset on disk or in memory breaks the dataset contract."""
+
+
+class ConfigError(EdgeRecError):
+    """A configuration value is outside what is allowed."""
+
+
+class MissingDependencyError(EdgeRecError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class GateError(EdgeRecError):
+    """A quality, parity or budget gate failed. The CLI maps it to exit code 1."""
+
+    exit_code = 1
