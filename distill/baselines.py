@@ -74,12 +74,12 @@ class IdOnly:
         m = sp.csr_matrix((w[keep], (it["user"][tr][keep], it["item"][tr][keep])),
                           shape=(ds.n_users, ds.n_items), dtype=np.float32)
         c = self.config
-        model = als_mod.AlternatingLeastSquares(
-            factors=c.factors, regularization=c.regularization, iterations=c.iterations,
-            alpha=c.alpha, random_state=c.seed, use_gpu=False,
-        )
         # implicit asks for a single-threaded BLAS; its own loops are parallel already.
         with threadpoolctl.threadpool_limits(1, "blas"):
+            model = als_mod.AlternatingLeastSquares(
+                factors=c.factors, regularization=c.regularization, iterations=c.iterations,
+                alpha=c.alpha, random_state=c.seed, use_gpu=False,
+            )
             model.fit(m, show_progress=False)
         uf = np.asarray(model.user_factors, dtype=np.float64)
         vf = np.asarray(model.item_factors, dtype=np.float64)

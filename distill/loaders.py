@@ -188,6 +188,7 @@ def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request
         parts[split] = clean
 
     feats: dict[str, np.ndarray] = {}
+    files: dict[str, str] = {}
     for f in sorted(root.glob("*_feat.npy")):
         name = f.name[: -len("_feat.npy")]
         name = MODALITY_ALIASES.get(name, name)
@@ -200,6 +201,7 @@ def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request
         if arr.ndim != 2 or arr.dtype.kind not in "fiu":
             raise DataError(f"{f}: expected a numeric [n_items, d] matrix, got dtype {arr.dtype} shape {arr.shape}.")
         feats[name] = arr.astype(np.float64)
+        files[name] = f.name
 
     all_items = [i for s in parts.values() for its in s.values() for i in its]
     if not all_items:
@@ -207,7 +209,7 @@ def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request
     n_items = max(all_items) + 1
     for name, arr in feats.items():
         if arr.shape[0] < n_items:
-            raise DataError(f"{name}_feat.npy has {arr.shape[0]} rows but item ids go up to {n_items - 1}; "
+            raise DataError(f"{files[name]} has {arr.shape[0]} rows but item ids go up to {n_items - 1}; "
                             f"row i must be item i.")
         n_items = max(n_items, arr.shape[0])
     for name, arr in feats.items():
@@ -215,7 +217,7 @@ def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request
             raise DataError(f"feature files disagree on the item count ({name}: {arr.shape[0]} rows vs {n_items}).")
         bad = ~np.isfinite(arr).all(axis=1)
         if bad.any():
-            raise DataError(f"{name}_feat.npy: {int(bad.sum())} row(s) hold NaN/inf (first: item {int(np.flatnonzero(bad)[0])}). "
+            raise DataError(f"{files[name]}: {int(bad.sum())} row(s) hold NaN/inf (first: item {int(np.flatnonzero(bad)[0])}). "
                             f"Replace them with zeros if the modality is missing for those items.")
 
     user_ids = sorted(set().union(*[set(s) for s in parts.values()]), key=lambda x: (len(x), x))

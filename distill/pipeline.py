@@ -1,0 +1,146 @@
+"""``edge-rec pipeline``: every stage that exists, end to end, into one report.
+
+Stages run in order and the report says which ran. Today: ``world`` (or a given dataset) and
+``baselines``; the teacher (#3), distillation (#4), export (#5) and bench (#7) stages join the list
+as they land, under the report keys fixed in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rec import __version__
+from edge_rec.errors import DataError
+from edge_rec.distill.baselines import run_baselines
+from edge_rec.distill.dataset import Dataset, inspect, summary_counts, write_json
+from edge_rec.distill.world import generate_world, world_config
+
+STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
+PENDING = {
+    "train-teacher": "not implemented yet (issue #3)",
+    "distill": "not implemented yet (issue #4)",
+    "export": "not implemented yet (issue #5)",
+    "bench": "not implemented yet (issue #7)",
+}
+
+
+def dataset_summary(ds: Dataset) -> dict[str, Any]:
+    """``report.json["dataset"]``: users, items, interactions, modalities, cold items (+ extras)."""
+    s = summary_counts(ds)
+    return {"name": ds.meta.get("name"), "source": ds.meta.get("source"), **s}
+
+
+def run_pipeline(
+    *, preset: str = "default", seed: int = 0, out: str | Path, data: str | Path | None = None,
+    overwrite: bool = False, progress: bool = True,
+) -> dict[str, Any]:
+    """Run every available stage; write ``report.json``, ``report.md`` and plots under ``out``.
+
+    With ``data`` an existing dataset folder is used instead of generating the synthetic world.
+    Returns the report dictionary.
+    """
+    run = Path(out)
+    if run.exists() and any(run.iterdir()) and not overwrite:
+        raise DataError(f"{run} exists and is not empty; pass --overwrite to replace its contents or choose another --out.")
+    run.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    stages: dict[str, str] = {}
+
+    t0 = time.perf_counter()
+    if data is None:
+        cfg = world_config(preset, seed=seed)
+        ds = generate_world(cfg, progress=progress)
+        ds.save(run / "data", overwrite=True)
+        stages["world"] = f"ran: synthetic world preset={preset} seed={seed} -> {run / 'data'}"
+    else:
+        ds = Dataset.load(data)
+        stages["world"] = f"skipped: dataset given ({data})"
+    write_json(run / "data_inspect.json", inspect(ds))
+    timings["world"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    models = run_baselines(ds)
+    write_json(run / "baselines.json", models)
+    timings["baselines"] = time.perf_counter() - t0
+    stages["baselines"] = "ran: popularity, id_only (implicit ALS)"
+    stages.update(PENDING)
+
+    planted = ds.meta.get("planted", {})
+    report: dict[str, Any] = {
+        "sdk_version": __version__,
+        "preset": preset if data is None else None,
+        "seed": seed,
+        "dataset": dataset_summary(ds),
+        "models": models,
+        "modalities": {"planted_noise": planted.get("noise_modality")},
+        "stages": stages,
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+    write_json(run / "report.json", report)
+    plot = _plot_models(models, run / "models.png")
+    (run / "report.md").write_text(render_markdown(report, plot))
+    return report
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
+    """A human-readable ``report.md`` of the JSON report."""
+    d = report["dataset"]
+    lines = [
+        f"# edge-rec run report (sdk {report['sdk_version']})", "",
+        f"Preset `{report['preset']}`, seed {report['seed']}.", "",
+        "## Dataset", "",
+        "| users | items | interactions | cold items | requests (train/val/test) | candidates | sparsity |",
+        "|---|---|---|---|---|---|---|",
+        f"| {d['users']} | {d['items']} | {d['interactions']} | {d['cold_items']} | "
+        f"{d['requests']['train']}/{d['requests']['val']}/{d['requests']['test']} | "
+        f"{d['candidates_per_request']} | {d['sparsity']:.4f} |", "",
+        "Modalities: " + (", ".join(f"`{m}` ({dim})" for m, dim in d["modalities"].items()) or "none"), "",
+        "## Models (test requests)", "",
+    ]
+    cols = ["ndcg@10", "recall@20", "auc", "gauc", "mrr", "cold.ndcg@10", "params", "macs_per_candidate"]
+    lines += ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in report["models"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    lines += ["", "NDCG@10 and recall average over random orders of tied scores; MRR and hit rate count "
+              "ties against the positive; cold.* ranks only cold-start positives.", ""]
+    if plot is not None:
+        lines += [f"![NDCG@10 per model]({plot.name})", ""]
+    lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]
+    lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
+    return "\n".join(lines)
+
+
+def _plot_models(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = list(models)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [models[n]["ndcg@10"] or 0 for n in names], 0.4, label="NDCG@10 (all)")
+    ax.bar(x + 0.2, [models[n]["cold.ndcg@10"] or 0 for n in names], 0.4, label="NDCG@10 (cold items)")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("NDCG@10 on test requests")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

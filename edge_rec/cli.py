@@ -1,0 +1,193 @@
+"""The ``edge-rec`` command line: one subcommand per step, each importing its library lazily.
+
+Exit codes: 0 ok, 1 a quality / parity / budget gate failed, 2 usage or input error, 3 crash.
+Every step writes a JSON report next to its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import traceback
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from edge_rec.errors import EdgeRecError
+
+
+def _config_options(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
+    """Add ``--field-name`` options for the scalar fields of a config dataclass (default: unset)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} overrides")
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if f.name in exclude or typ not in (int, float, str):
+            continue
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=typ, default=None,
+                           help=f"default: preset value ({f.default})")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+
+
+def _print(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ---- subcommands --------------------------------------------------------------------------------
+def cmd_world(args: argparse.Namespace) -> int:
+    from edge_rec.distill.dataset import inspect, write_json
+    from edge_rec.distill.world import generate_world, world_config
+
+    cfg = world_config(args.preset, seed=args.seed, **_overrides(args))
+    ds = generate_world(cfg, progress=True)
+    out = ds.save(args.out, overwrite=args.overwrite)
+    info = inspect(ds)
+    info["planted_noise_modality"] = ds.meta["planted"]["noise_modality"]
+    info["drift_events"] = len(ds.meta["planted"]["drift_events"])
+    write_json(out / "report.json", info)
+    print(f"wrote {out} ({info['users']} users, {info['items']} items, {info['interactions']} interactions); "
+          f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from edge_rec.distill.dataset import inspect, write_json
+    from edge_rec.distill.loaders import convert
+
+    kwargs: dict[str, Any] = {"n_candidates": args.n_candidates, "seed": args.seed}
+    if args.format == "kuairand":
+        kwargs["impressions_per_request"] = args.impressions_per_request
+    ds = convert(args.format, args.src, **kwargs)
+    out = ds.save(args.out, overwrite=args.overwrite)
+    info = inspect(ds)
+    write_json(out / "report.json", info)
+    print(f"wrote {out} ({info['users']} users, {info['items']} items, {info['interactions']} interactions); "
+          f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from edge_rec.distill.dataset import Dataset, inspect, write_json
+
+    info = inspect(Dataset.load(args.dir))
+    path = Path(args.json) if args.json else Path(args.dir) / "inspect.json"
+    write_json(path, info)
+    mods = ", ".join(f"{m}={d}" for m, d in info["modalities"].items()) or "none"
+    print(f"dataset   {info['name']} ({info['source']})")
+    print(f"users     {info['users']}")
+    print(f"items     {info['items']}  (cold-start: {info['cold_items']})")
+    print(f"interactions {info['interactions']}  sparsity {info['sparsity']:.4f}")
+    print(f"modalities {mods}")
+    r = info["requests"]
+    print(f"requests  train {r['train']}  val {r['val']}  test {r['test']}  "
+          f"({info['candidates_per_request']} candidates each)")
+    print(f"labels    " + "  ".join(f"{k} {v:.3f}" for k, v in info["label_rates"].items()))
+    print(f"json      {path}")
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from edge_rec.distill.baselines import run_baselines
+    from edge_rec.distill.dataset import Dataset, write_json
+
+    rows = run_baselines(Dataset.load(args.data), split=args.split)
+    out = Path(args.out)
+    write_json(out / "baselines.json", rows)
+    for name, row in rows.items():
+        print(f"{name:12s} ndcg@10 {row['ndcg@10']:.4f}  auc {row['auc']:.4f}  cold.ndcg@10 "
+              f"{row['cold.ndcg@10'] if row['cold.ndcg@10'] is not None else float('nan'):.4f}")
+    print(f"report: {out / 'baselines.json'}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from edge_rec.distill.pipeline import run_pipeline
+
+    report = run_pipeline(preset=args.preset, seed=args.seed, out=args.out, data=args.data,
+                          overwrite=args.overwrite)
+    ran = [k for k, v in report["stages"].items() if v.startswith("ran")]
+    print(f"stages run: {', '.join(ran)}")
+    for k, v in report["stages"].items():
+        if not v.startswith("ran"):
+            print(f"  {k}: {v}")
+    print(f"report: {Path(args.out) / 'report.md'}  (JSON: {Path(args.out) / 'report.json'})")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from edge_rec import __version__
+
+    p = argparse.ArgumentParser(prog="edge-rec", description="On-device multimodal reranking for short-video feeds.")
+    p.add_argument("--version", action="version", version=f"edge-rec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("world", help="generate a synthetic short-video world with planted truth")
+    w.add_argument("--preset", default="default", choices=["tiny", "default", "large"])
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--out", required=True, help="dataset folder to write")
+    w.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    from edge_rec.distill.world import WorldConfig  # numpy-only module: cheap
+
+    _config_options(w, WorldConfig, exclude=("preset", "seed"))
+    w.set_defaults(func=cmd_world)
+
+    d = sub.add_parser("data", help="convert or inspect a real dataset")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    c = dsub.add_parser("convert", help="convert a KuaiRand log or an MMSSL-layout folder")
+    c.add_argument("--format", required=True, choices=["kuairand", "mmssl"])
+    c.add_argument("src", help="source file or folder")
+    c.add_argument("--out", required=True)
+    c.add_argument("--n-candidates", type=int, default=32)
+    c.add_argument("--impressions-per-request", type=int, default=1,
+                   help="kuairand without timestamps: consecutive impressions per request")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--overwrite", action="store_true")
+    c.set_defaults(func=cmd_data_convert)
+    i = dsub.add_parser("inspect", help="summarise a dataset folder (also written as JSON)")
+    i.add_argument("dir")
+    i.add_argument("--json", help="where to write the JSON summary (default DIR/inspect.json)")
+    i.set_defaults(func=cmd_data_inspect)
+
+    b = sub.add_parser("baselines", help="fit and evaluate the popularity and ID-only baselines")
+    b.add_argument("--data", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--split", default="test", choices=["val", "test"])
+    b.set_defaults(func=cmd_baselines)
+
+    pl = sub.add_parser("pipeline", help="run every available stage and write report.json / report.md")
+    pl.add_argument("--preset", default="default", choices=["tiny", "default", "large"])
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--out", required=True)
+    pl.add_argument("--data", help="use this dataset folder instead of generating the synthetic world")
+    pl.add_argument("--overwrite", action="store_true")
+    pl.set_defaults(func=cmd_pipeline)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except EdgeRecError as exc:
+        print(f"edge-rec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edge-rec: interrupted", file=sys.stderr)
+        return 3
+    except SystemExit as exc:  # argparse usage errors exit 2 already
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    except Exception:  # a crash: show it, exit 3
+        traceback.print_exc()
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

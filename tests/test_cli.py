@@ -1,0 +1,99 @@
+"""The CLI as a user runs it: exit codes, JSON reports, and the pipeline's report keys."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge_rec.cli import main
+
+from conftest import FIXTURES
+
+MODEL_KEYS = {"ndcg@10", "recall@20", "auc", "gauc", "mrr", "cold.ndcg@10", "params", "macs_per_candidate"}
+
+
+def test_world_inspect_baselines(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["world", "--preset", "tiny", "--seed", "1", "--n-users", "60", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["users"] == 60 and rep["planted_noise_modality"] == "motion"
+    assert main(["world", "--preset", "tiny", "--out", str(out)]) == 2          # exists, no --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "users     60" in printed and "motion=16" in printed
+    assert json.loads((out / "inspect.json").read_text())["users"] == 60
+    assert main(["baselines", "--data", str(out), "--out", str(tmp_path / "b")]) == 0
+    rows = json.loads((tmp_path / "b" / "baselines.json").read_text())
+    assert MODEL_KEYS <= set(rows["popularity"]) and MODEL_KEYS <= set(rows["id_only"])
+
+
+@pytest.mark.parametrize("fmt, src", [("kuairand", FIXTURES / "kuairand_sample" / "kuairand_sample.csv"),
+                                      ("mmssl", FIXTURES / "mmssl_small")])
+def test_data_convert(tmp_path, fmt, src):
+    out = tmp_path / fmt
+    assert main(["data", "convert", "--format", fmt, str(src), "--out", str(out), "--n-candidates", "16"]) == 0
+    assert json.loads((out / "report.json").read_text())["interactions"] > 0
+    assert main(["data", "inspect", str(out)]) == 0
+    assert main(["baselines", "--data", str(out), "--out", str(tmp_path / "b")]) == 0
+
+
+def test_input_errors_exit_2_without_traceback(tmp_path, capsys):
+    assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    assert main(["data", "convert", "--format", "mmssl", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    assert main(["world", "--preset", "tiny", "--n-candidates", "2", "--out", str(tmp_path / "w")]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_pipeline_tiny_writes_the_report(tmp_path):
+    run = tmp_path / "run"
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 0
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["preset"] == "tiny" and rep["seed"] == 0
+    assert {"users", "items", "interactions", "modalities", "cold_items"} <= set(rep["dataset"])
+    assert MODEL_KEYS <= set(rep["models"]["popularity"]) and MODEL_KEYS <= set(rep["models"]["id_only"])
+    assert rep["stages"]["world"].startswith("ran") and rep["stages"]["baselines"].startswith("ran")
+    assert "not implemented yet" in rep["stages"]["train-teacher"]
+    assert "| id_only |" in (run / "report.md").read_text()
+    assert (run / "models.png").stat().st_size > 1000
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run), "--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_pipeline_default_preset(tmp_path):
+    """The README's demo: the default world and both baselines, through the installed console script."""
+    exe = os.path.join(os.path.dirname(sys.executable), "edge-rec")
+    run = tmp_path / "run"
+    proc = subprocess.run([exe, "pipeline", "--preset", "default", "--out", str(run)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "report:" in proc.stdout
+    rep = json.loads((run / "report.json").read_text())
+    d = rep["dataset"]
+    assert d["users"] == 2000 and d["items"] == 3000 and d["cold_items"] > 0
+    assert set(d["modalities"]) == {"visual", "audio", "text", "motion"}
+    pop, ido = rep["models"]["popularity"], rep["models"]["id_only"]
+    assert ido["ndcg@10"] > pop["ndcg@10"]          # collaborative signal beats popularity
+    assert ido["params"] > 0 and 0.5 < ido["auc"] < 1
+
+
+def test_runtime_package_does_not_import_torch():
+    code = ("import sys, edge_rec, edge_rec.metrics, edge_rec.cli, edge_rec.errors; "
+            "edge_rec.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_base_dependencies_exclude_torch():
+    import tomllib
+    from pathlib import Path
+
+    proj = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("torch") for d in proj["dependencies"])
+    assert "torch==2.13.0" in proj["optional-dependencies"]["train"]
+    assert set(proj["optional-dependencies"]) >= {"train", "export", "tflite", "coreml", "dev", "all"}
