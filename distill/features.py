@@ -1,0 +1,131 @@
+"""Model inputs from a dataset: the I/O contract of DESIGN.md, batched over requests.
+
+For a batch of B requests with N candidates and a history of L items (numpy, float32)::
+
+    cand_<m>       [B, N, d_m]  the candidate's modality embedding (zeros where missing)
+    cand_mask_<m>  [B, N]       1 = modality present
+    cand_dense     [B, N, 3]    log duration, log item age at request (h), log clicks before the request
+    hist_emb       [B, L, d_h]  history items: all modality embeddings concatenated + watch ratio, like, skip
+    hist_weight    [B, L]       1 = a real history entry, 0 = padding
+    hist_age       [B, L]       log1p(hours between the history event and the request)
+    context        [B, 3]       log1p(history length), hour of day (sin, cos)
+
+plus, for training and evaluation only: ``valid`` [B, N] and the labels ``click``, ``finish``,
+``like`` [B, N]. A deployed model gets the same features for one request (B = 1) from the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_rec.distill.dataset import Dataset
+
+N_DENSE = 3
+N_CONTEXT = 3
+N_ENGAGEMENT = 3
+
+
+@dataclass
+class FeatureBuilder:
+    """Precomputed per-item tables so that building a batch is a few gathers."""
+
+    modalities: dict[str, int]
+    hist_len: int
+    item_emb: dict[str, np.ndarray]        # m -> [I, d_m] float32
+    item_present: dict[str, np.ndarray]    # m -> [I] float32
+    item_concat: np.ndarray                # [I, sum d_m]
+    duration: np.ndarray                   # [I] log duration (standardised)
+    upload: np.ndarray                     # [I] upload time, s
+    click_keys: np.ndarray                 # sorted item * span + (ts - t0) of every click
+    span: float
+    t0: float
+    pop_scale: tuple[float, float]         # mean, std of log1p(clicks so far)
+    user_offsets: np.ndarray
+    inter_item: np.ndarray
+    inter_ts: np.ndarray
+    inter_eng: np.ndarray                  # [M, 3]
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, hist_len: int = 20) -> "FeatureBuilder":
+        emb = {m: e.astype(np.float32) for m, e in ds.embeddings.items()}
+        pres = {m: ds.present[m].astype(np.float32) for m in emb}
+        concat = np.concatenate([emb[m] for m in emb], axis=1) if emb else np.zeros((ds.n_items, 0), np.float32)
+        dur = np.log1p(np.asarray(ds.items["duration_s"], np.float64))
+        dur = (dur - dur.mean()) / (dur.std() + 1e-6)
+        it = ds.interactions
+        # Popularity is causal: clicks on the item strictly before the request (what a server
+        # knows then). Counting the training period as a whole would leak each request's own
+        # labels into its features, and the model would learn that leak instead of content.
+        clicked = it["click"] > 0
+        t0 = float(min(it["ts"].min(), np.min(ds.requests["ts"]))) - 1.0
+        span = float(max(it["ts"].max(), np.max(ds.requests["ts"])) - t0) + 2.0
+        keys = np.sort(it["item"][clicked] * span + (it["ts"][clicked] - t0))
+        tr = ds.train_interaction_mask()
+        final = np.log1p(np.bincount(it["item"][tr & clicked], minlength=ds.n_items))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(it["duration_ms"] > 0, it["watch_ms"] / np.maximum(it["duration_ms"], 1e-9), 0.0)
+        eng = np.stack([np.clip(ratio, 0, 1.5), it["like"], it["skip"]], axis=1).astype(np.float32)
+        return cls(
+            modalities=ds.modalities, hist_len=hist_len, item_emb=emb, item_present=pres, item_concat=concat,
+            duration=dur.astype(np.float32), upload=np.asarray(ds.items["upload_ts"], np.float64),
+            click_keys=keys, span=span, t0=t0, pop_scale=(float(final.mean()), float(final.std() + 1e-6)),
+            user_offsets=ds.user_offsets(), inter_item=it["item"],
+            inter_ts=it["ts"], inter_eng=eng,
+        )
+
+    @property
+    def hist_dim(self) -> int:
+        return self.item_concat.shape[1] + N_ENGAGEMENT
+
+    def popularity(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Standardised log1p(clicks on each item before ``ts``). items [B, N], ts [B] -> [B, N]."""
+        lo = np.searchsorted(self.click_keys, items * self.span)
+        hi = np.searchsorted(self.click_keys, items * self.span + (ts[:, None] - self.t0), side="left")
+        return (np.log1p(hi - lo) - self.pop_scale[0]) / self.pop_scale[1]
+
+    def build(self, ds: Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """All inputs and labels for requests ``idx`` (see the module docstring for shapes)."""
+        rq = ds.requests
+        cand = rq["cand"][idx]
+        valid = cand >= 0
+        c = np.where(valid, cand, 0)
+        ts = rq["ts"][idx]
+        out: dict[str, np.ndarray] = {}
+        for m in self.item_emb:
+            out[f"cand_{m}"] = self.item_emb[m][c] * valid[..., None]
+            out[f"cand_mask_{m}"] = self.item_present[m][c] * valid
+        age_h = np.maximum(ts[:, None] - self.upload[c], 0.0) / 3600.0
+        out["cand_dense"] = np.stack([self.duration[c], (np.log1p(age_h) - 4.0) / 2.0, self.popularity(c, ts)],
+                                     axis=-1).astype(np.float32) * valid[..., None]
+        # history: the L interactions before the request
+        L = self.hist_len
+        start = self.user_offsets[rq["user"][idx]]
+        end = rq["hist_end"][idx]
+        pos = end[:, None] - L + np.arange(L)[None, :]                     # [B, L]
+        real = pos >= start[:, None]
+        p = np.where(real, pos, 0)
+        items = self.inter_item[p]
+        hist = np.concatenate([self.item_concat[items], self.inter_eng[p]], axis=-1)
+        out["hist_emb"] = (hist * real[..., None]).astype(np.float32)
+        out["hist_weight"] = real.astype(np.float32)
+        age = np.maximum(ts[:, None] - self.inter_ts[p], 0.0) / 3600.0
+        out["hist_age"] = (np.log1p(age) * real).astype(np.float32)
+        hour = (ts % 86400.0) / 86400.0 * 2 * np.pi
+        out["context"] = np.stack([np.log1p(end - start), np.sin(hour), np.cos(hour)], axis=1).astype(np.float32)
+        out["valid"] = valid.astype(np.float32)
+        for lab in ("click", "finish", "like"):
+            out[lab] = rq[lab][idx].astype(np.float32)
+        return out
+
+
+def input_names(modalities: dict[str, int]) -> list[str]:
+    """The model input names of the I/O contract, in order."""
+    names = []
+    for m in modalities:
+        names += [f"cand_{m}", f"cand_mask_{m}"]
+    return names + ["cand_dense", "hist_emb", "hist_weight", "hist_age", "context"]
+
+
+OUTPUT_NAMES = ["score", "p_click", "p_finish", "p_like"]
