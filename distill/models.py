@@ -23,13 +23,13 @@ its heads and every exporter handles it (see DESIGN.md's toolchain facts).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_rec.distill.configs import TeacherConfig
 from edge_rec.distill.features import N_CONTEXT, N_DENSE, OUTPUT_NAMES, input_names
 
 TASKS = ("click", "finish", "like")
@@ -77,28 +77,6 @@ class Block(nn.Module):
         h = self.ln1(x)
         x = x + self.drop(self.attn(h, h, mask))
         return x + self.drop(self.ffn(self.ln2(x)))
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """Size and regularisation of the teacher. ``modalities`` {name: dim} and ``hist_dim`` come from the data."""
-
-    modalities: dict[str, int] = field(default_factory=dict)
-    hist_dim: int = 0
-    d_model: int = 96
-    num_heads: int = 4
-    num_layers: int = 2
-    hist_layers: int = 1
-    ffn_mult: int = 2
-    head_hidden: int = 128
-    dropout: float = 0.1
-    modality_dropout: float = 0.1
-    score_weights: tuple[float, float, float] = (1.0, 0.2, 0.2)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["score_weights"] = list(self.score_weights)
-        return d
 
 
 def _batched(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:

@@ -1,8 +1,8 @@
 """``edge-rec pipeline``: every stage that exists, end to end, into one report.
 
-Stages run in order and the report says which ran. Today: ``world`` (or a given dataset) and
-``baselines``; the teacher (#3), distillation (#4), export (#5) and bench (#7) stages join the list
-as they land, under the report keys fixed in DESIGN.md.
+Stages run in order and the report says which ran. Today: ``world`` (or a given dataset),
+``baselines`` and ``train-teacher`` (teacher, fusion baselines, contrastive ablation); distillation
+(#4), export (#5) and bench (#7) join the list as they land, under the report keys of DESIGN.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from edge_rec.distill.world import generate_world, world_config
 
 STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
 PENDING = {
-    "train-teacher": "not implemented yet (issue #3)",
     "distill": "not implemented yet (issue #4)",
     "export": "not implemented yet (issue #5)",
     "bench": "not implemented yet (issue #7)",
@@ -68,6 +67,16 @@ def run_pipeline(
     write_json(run / "baselines.json", models)
     timings["baselines"] = time.perf_counter() - t0
     stages["baselines"] = "ran: popularity, id_only (implicit ALS)"
+
+    from edge_rec.distill.teacher_stage import train_teacher  # imports torch
+
+    t0 = time.perf_counter()
+    teacher_preset = preset
+    stage = train_teacher(ds, run / "teacher", preset=teacher_preset, progress=progress)
+    models.update({k: v for k, v in stage["models"].items() if k not in models})
+    timings["train-teacher"] = time.perf_counter() - t0
+    stages["train-teacher"] = (f"ran: early_fusion, late_fusion, teacher (+ contrastive ablation), "
+                               f"teacher preset {teacher_preset} -> {run / 'teacher'}")
     stages.update(PENDING)
 
     planted = ds.meta.get("planted", {})
@@ -78,6 +87,7 @@ def run_pipeline(
         "dataset": dataset_summary(ds),
         "models": models,
         "modalities": {"planted_noise": planted.get("noise_modality")},
+        "teacher": stage["teacher"],
         "stages": stages,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
@@ -119,6 +129,18 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
               "ties against the positive; cold.* ranks only cold-start positives.", ""]
     if plot is not None:
         lines += [f"![NDCG@10 per model]({plot.name})", ""]
+    t = report.get("teacher")
+    if t:
+        tp, abl, c = t["throughput"], t["contrastive_ablation"], t["config"]
+        lines += ["## Teacher", "",
+                  f"d_model {c['d_model']}, {c['num_layers']} fusion layers, {c['hist_layers']} history layer(s), "
+                  f"{c['num_heads']} heads: {t['params']} parameters, {t['macs_per_candidate']} MACs per candidate.",
+                  f"Training throughput: {tp['samples_per_s']:.0f} candidates/s ({tp['requests_per_s']:.0f} requests/s) "
+                  f"on {tp['device']} x{tp['world_size']}, {tp['train_s']} s.", ""]
+        if "with" in abl:
+            lines += [f"Contrastive ablation (InfoNCE weight {abl['contrastive_weight']}): NDCG@10 "
+                      f"{abl['with']['ndcg@10']:.4f} with vs {abl['without']['ndcg@10']:.4f} without; cold NDCG@10 "
+                      f"{_fmt(abl['with']['cold.ndcg@10'])} vs {_fmt(abl['without']['cold.ndcg@10'])}.", ""]
     lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]
     lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
     return "\n".join(lines)

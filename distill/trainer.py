@@ -23,7 +23,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,44 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from edge_rec.errors import ConfigError, DataError
+from edge_rec.distill.configs import TrainConfig
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores
 from edge_rec.distill.features import FeatureBuilder, input_names
 from edge_rec.distill.models import TASKS, RankerBase
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings. ``max_train_requests`` > 0 subsamples each epoch (CPU budgets)."""
-
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_frac: float = 0.05
-    grad_clip: float = 1.0
-    patience: int = 2
-    seed: int = 0
-    hist_len: int = 20
-    task_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)
-    listwise_weight: float = 1.0
-    contrastive_weight: float = 0.1
-    contrastive_temperature: float = 0.1
-    max_train_requests: int = 0
-    device: str = "auto"
-    compile: bool = False
-    bf16: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, {self.lr}).")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device {self.device!r} unknown; use auto, cpu, cuda, cuda:N or mps.")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["task_weights"] = list(self.task_weights)
-        return d
 
 
 def pick_device(name: str = "auto") -> torch.device:

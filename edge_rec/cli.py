@@ -18,20 +18,25 @@ from typing import Any, Callable, Sequence
 from edge_rec.errors import EdgeRecError
 
 
-def _config_options(parser: argparse.ArgumentParser, cls: type, exclude: Sequence[str] = ()) -> None:
-    """Add ``--field-name`` options for the scalar fields of a config dataclass (default: unset)."""
+def _config_options(parser: argparse.ArgumentParser, cls: type, prefix: str, exclude: Sequence[str] = ()) -> None:
+    """Add ``--field-name`` options for the scalar fields of a config dataclass (default: unset,
+    i.e. the preset's value), so the CLI and the Python API share one source of truth."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} overrides")
+    group = parser.add_argument_group(f"{cls.__name__} overrides (default: the preset's value)")
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
-        if f.name in exclude or typ not in (int, float, str):
+        if f.name in exclude or typ not in (int, float, str, bool):
             continue
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg_{f.name}", type=typ, default=None,
-                           help=f"default: preset value ({f.default})")
+        flag = f"--{f.name.replace('_', '-')}"
+        if typ is bool:
+            group.add_argument(flag, dest=f"{prefix}__{f.name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            group.add_argument(flag, dest=f"{prefix}__{f.name}", type=typ, default=None, metavar=typ.__name__.upper())
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+def _overrides(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    head = f"{prefix}__"
+    return {k[len(head):]: v for k, v in vars(args).items() if k.startswith(head) and v is not None}
 
 
 def _print(obj: dict[str, Any]) -> None:
@@ -43,7 +48,7 @@ def cmd_world(args: argparse.Namespace) -> int:
     from edge_rec.distill.dataset import inspect, write_json
     from edge_rec.distill.world import generate_world, world_config
 
-    cfg = world_config(args.preset, seed=args.seed, **_overrides(args))
+    cfg = world_config(args.preset, seed=args.seed, **_overrides(args, "world"))
     ds = generate_world(cfg, progress=True)
     out = ds.save(args.out, overwrite=args.overwrite)
     info = inspect(ds)
@@ -105,6 +110,27 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.teacher_stage import train_teacher
+
+    rep = train_teacher(Dataset.load(args.data), args.out, preset=args.preset,
+                        model_overrides=_overrides(args, "model"), train_overrides=_overrides(args, "train"),
+                        ablation=not args.no_ablation, fusion_baselines=not args.no_baselines, resume=args.resume)
+    if int(__import__("os").environ.get("RANK", 0)) == 0:
+        for name, row in rep["models"].items():
+            print(f"{name:14s} ndcg@10 {_num(row['ndcg@10'])}  cold.ndcg@10 {_num(row['cold.ndcg@10'])}  "
+                  f"params {row['params']}")
+        tp = rep["teacher"]["throughput"]
+        print(f"teacher throughput: {tp['samples_per_s']:.0f} candidates/s on {tp['device']} x{tp['world_size']}")
+        print(f"report: {Path(args.out) / 'report.json'}  teacher: {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
+def _num(v: Any) -> str:
+    return "   –  " if v is None or v != v else f"{v:.4f}"
+
+
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from edge_rec.distill.pipeline import run_pipeline
 
@@ -134,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     from edge_rec.distill.world import WorldConfig  # numpy-only module: cheap
 
-    _config_options(w, WorldConfig, exclude=("preset", "seed"))
+    _config_options(w, WorldConfig, "world", exclude=("preset", "seed"))
     w.set_defaults(func=cmd_world)
 
     d = sub.add_parser("data", help="convert or inspect a real dataset")
@@ -159,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--split", default="test", choices=["val", "test"])
     b.set_defaults(func=cmd_baselines)
+
+    t = sub.add_parser("train-teacher", help="train the teacher, the fusion baselines and the contrastive ablation "
+                                             "(multi-GPU: torchrun --nproc_per_node N -m edge_rec.cli train-teacher ...)")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--preset", default="default", choices=["tiny", "default", "large"])
+    t.add_argument("--resume", action="store_true", help="continue each model from OUT/runs/<model>/last")
+    t.add_argument("--no-ablation", action="store_true", help="skip the teacher trained without the contrastive loss")
+    t.add_argument("--no-baselines", action="store_true", help="skip early_fusion / late_fusion")
+    from edge_rec.distill.configs import TeacherConfig, TrainConfig
+
+    _config_options(t, TeacherConfig, "model", exclude=("hist_dim",))
+    _config_options(t, TrainConfig, "train")
+    t.set_defaults(func=cmd_train_teacher)
 
     pl = sub.add_parser("pipeline", help="run every available stage and write report.json / report.md")
     pl.add_argument("--preset", default="default", choices=["tiny", "default", "large"])

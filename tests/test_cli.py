@@ -58,7 +58,12 @@ def test_pipeline_tiny_writes_the_report(tmp_path):
     assert {"users", "items", "interactions", "modalities", "cold_items"} <= set(rep["dataset"])
     assert MODEL_KEYS <= set(rep["models"]["popularity"]) and MODEL_KEYS <= set(rep["models"]["id_only"])
     assert rep["stages"]["world"].startswith("ran") and rep["stages"]["baselines"].startswith("ran")
-    assert "not implemented yet" in rep["stages"]["train-teacher"]
+    assert rep["stages"]["train-teacher"].startswith("ran")
+    assert "not implemented yet" in rep["stages"]["distill"]
+    for name in ("early_fusion", "late_fusion", "teacher"):
+        assert MODEL_KEYS <= set(rep["models"][name]), name
+    assert rep["teacher"]["throughput"]["samples_per_s"] > 0
+    assert "without" in rep["teacher"]["contrastive_ablation"]
     assert "| id_only |" in (run / "report.md").read_text()
     assert (run / "models.png").stat().st_size > 1000
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2
@@ -78,9 +83,15 @@ def test_pipeline_default_preset(tmp_path):
     d = rep["dataset"]
     assert d["users"] == 2000 and d["items"] == 3000 and d["cold_items"] > 0
     assert set(d["modalities"]) == {"visual", "audio", "text", "motion"}
-    pop, ido = rep["models"]["popularity"], rep["models"]["id_only"]
+    m = rep["models"]
+    pop, ido = m["popularity"], m["id_only"]
     assert ido["ndcg@10"] > pop["ndcg@10"]          # collaborative signal beats popularity
     assert ido["params"] > 0 and 0.5 < ido["auc"] < 1
+    # issue #3's bar: fusing modalities beats not fusing them, on the same requests
+    t = m["teacher"]
+    assert t["ndcg@10"] >= 1.10 * ido["ndcg@10"]
+    assert t["ndcg@10"] > m["early_fusion"]["ndcg@10"]
+    assert t["cold.ndcg@10"] > ido["cold.ndcg@10"] + 0.1 and t["cold.ndcg@10"] > m["late_fusion"]["cold.ndcg@10"]
 
 
 def test_runtime_package_does_not_import_torch():

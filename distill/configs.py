@@ -1,0 +1,65 @@
+"""Model and training configs: plain frozen dataclasses, importable without torch (the CLI
+builds its options from them), dumped into every report and checkpoint they produce."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edge_rec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Size and regularisation of the teacher. ``modalities`` {name: dim} and ``hist_dim`` come from the data."""
+
+    modalities: dict[str, int] = field(default_factory=dict)
+    hist_dim: int = 0
+    d_model: int = 96
+    num_heads: int = 4
+    num_layers: int = 2
+    hist_layers: int = 1
+    ffn_mult: int = 2
+    head_hidden: int = 128
+    dropout: float = 0.1
+    modality_dropout: float = 0.1
+    score_weights: tuple[float, float, float] = (1.0, 0.2, 0.2)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score_weights"] = list(self.score_weights)
+        return d
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``max_train_requests`` > 0 subsamples each epoch (CPU budgets)."""
+
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05
+    grad_clip: float = 1.0
+    patience: int = 2
+    seed: int = 0
+    hist_len: int = 20
+    task_weights: tuple[float, float, float] = (1.0, 0.5, 0.5)
+    listwise_weight: float = 1.0
+    contrastive_weight: float = 0.1
+    contrastive_temperature: float = 0.1
+    max_train_requests: int = 0
+    device: str = "auto"
+    compile: bool = False
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, {self.lr}).")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device {self.device!r} unknown; use auto, cpu, cuda, cuda:N or mps.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["task_weights"] = list(self.task_weights)
+        return d

@@ -1,0 +1,143 @@
+"""``edge-rec train-teacher``: the teacher, the fusion baselines and the contrastive ablation.
+
+Trained on the same requests and evaluated on the same test requests as ``popularity`` and
+``id_only``, so ``report.json["models"]`` compares all of them. Output folder::
+
+    OUT/model.safetensors, OUT/config.json     the teacher (weights + everything needed to rebuild it)
+    OUT/report.json                            every model's metrics, throughput, the ablation
+    OUT/runs/<model>/{best,last}/              checkpoints (safetensors + JSON), metrics.jsonl
+
+Size presets (``TEACHER_PRESETS``). The CPU ``default`` is what fits the demo's budget on 2 cores
+(about 2 minutes for the teacher); ``large`` is the GPU teacher (d=256, 6 layers, 8 heads,
+a few million parameters), for ``torchrun`` on one or more GPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_rec.errors import ConfigError, DataError
+from edge_rec.distill.baselines import run_baselines
+from edge_rec.distill.dataset import Dataset, write_json
+from edge_rec.distill.evaluate import evaluate_scores, model_row
+from edge_rec.distill.features import FeatureBuilder
+from edge_rec.distill.models import (FusionTransformer, TeacherConfig, build_model, count_params,
+                                     macs_per_candidate)
+from edge_rec.distill.trainer import TrainConfig, predict, train
+
+TEACHER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {"model": dict(d_model=32, num_heads=2, num_layers=1, hist_layers=1, head_hidden=64),
+             "train": dict(epochs=3, batch_size=32)},
+    "default": {"model": dict(d_model=64, num_heads=4, num_layers=2, hist_layers=1, head_hidden=128),
+                "train": dict(epochs=4, batch_size=64, max_train_requests=12000)},
+    "large": {"model": dict(d_model=256, num_heads=8, num_layers=6, hist_layers=2, head_hidden=512, ffn_mult=4),
+              "train": dict(epochs=10, batch_size=256, lr=1e-3)},
+}
+
+
+def teacher_configs(preset: str, model_overrides: dict[str, Any] | None = None,
+                    train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    """Model keyword arguments and the :class:`TrainConfig` of a preset, with overrides."""
+    if preset not in TEACHER_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(TEACHER_PRESETS)}.")
+    p = TEACHER_PRESETS[preset]
+    return {**p["model"], **(model_overrides or {})}, TrainConfig(**{**p["train"], **(train_overrides or {})})
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def _fit_and_score(name: str, model, ds: Dataset, fb: FeatureBuilder, out: Path, cfg: TrainConfig,
+                   resume: bool, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    run = out / "runs" / name
+    can_resume = resume and (run / "last").is_dir()
+    fit = train(model, ds, run, cfg, resume=can_resume, progress=progress, fb=fb)
+    test = ds.split_index("test")
+    metrics = evaluate_scores(ds, test, predict(model, fb, ds, test))
+    row = model_row(metrics, count_params(model), macs_per_candidate(model, n=ds.requests["cand"].shape[1],
+                                                                      hist_len=fb.hist_len),
+                    train={k: v for k, v in fit.items()})
+    return row, fit
+
+
+def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", model_overrides: dict[str, Any] | None = None,
+                  train_overrides: dict[str, Any] | None = None, ablation: bool = True, fusion_baselines: bool = True,
+                  resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train the fusion baselines, the teacher and (``ablation``) the teacher without InfoNCE.
+
+    Returns the stage report: ``models`` (report keys of DESIGN.md for popularity, id_only,
+    early_fusion, late_fusion, teacher), ``teacher`` (config, throughput, the contrastive ablation).
+    """
+    out = Path(out)
+    model_kw, cfg = teacher_configs(preset, model_overrides, train_overrides)
+    if _rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    fb = FeatureBuilder.from_dataset(ds, cfg.hist_len)
+    models: dict[str, dict[str, Any]] = dict(run_baselines(ds, full_catalogue=False))
+    plain = dataclasses.replace(cfg, contrastive_weight=0.0)
+    if fusion_baselines:
+        for kind in ("early_fusion", "late_fusion"):
+            torch.manual_seed(cfg.seed)
+            m = build_model(kind, ds.modalities, fb.hist_dim)
+            models[kind], _ = _fit_and_score(kind, m, ds, fb, out, plain, resume, progress)
+    torch.manual_seed(cfg.seed)
+    teacher = build_model("teacher", ds.modalities, fb.hist_dim, **model_kw)
+    models["teacher"], fit = _fit_and_score("teacher", teacher, ds, fb, out, cfg, resume, progress)
+    abl: dict[str, Any] = {"contrastive_weight": cfg.contrastive_weight}
+    if ablation and len(ds.modalities) >= 2 and cfg.contrastive_weight > 0:
+        torch.manual_seed(cfg.seed)
+        m0 = build_model("teacher", ds.modalities, fb.hist_dim, **model_kw)
+        row0, _ = _fit_and_score("teacher_no_contrastive", m0, ds, fb, out, plain, resume, progress)
+        abl.update({"with": {k: models["teacher"][k] for k in ("ndcg@10", "cold.ndcg@10", "auc")},
+                    "without": {k: row0[k] for k in ("ndcg@10", "cold.ndcg@10", "auc")}})
+        abl["ndcg@10_gain"] = models["teacher"]["ndcg@10"] - row0["ndcg@10"]
+    else:
+        abl["skipped"] = "needs >= 2 modalities and contrastive_weight > 0" if ablation else "disabled"
+    report = {
+        "preset": preset,
+        "models": models,
+        "teacher": {
+            "config": teacher.config.to_dict(), "train_config": cfg.to_dict(), "hist_len": cfg.hist_len,
+            "params": count_params(teacher), "macs_per_candidate": models["teacher"]["macs_per_candidate"],
+            "throughput": {"samples_per_s": fit["samples_per_s"], "requests_per_s": fit["requests_per_s"],
+                           "device": fit["device"], "world_size": fit["world_size"], "train_s": fit["train_s"]},
+            "contrastive_ablation": abl,
+        },
+    }
+    if _rank() == 0:
+        save_teacher(teacher, out, cfg.hist_len)
+        write_json(out / "report.json", report)
+    return report
+
+
+def save_teacher(model: FusionTransformer, out: Path, hist_len: int) -> None:
+    """``OUT/model.safetensors`` + ``OUT/config.json``: all that :func:`load_teacher` needs."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    write_json(out / "config.json", {"kind": "teacher", "config": model.config.to_dict(), "hist_len": hist_len,
+                                     "input_names": model.input_names, "output_names": model.output_names})
+
+
+def load_teacher(path: str | Path) -> tuple[FusionTransformer, dict[str, Any]]:
+    """Rebuild the teacher from ``save_teacher``'s folder (weights loaded, eval mode)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+        raise DataError(f"{p} holds no teacher (needs config.json and model.safetensors); run `edge-rec train-teacher` first.")
+    meta = json.loads((p / "config.json").read_text())
+    c = dict(meta["config"])
+    c["score_weights"] = tuple(c["score_weights"])
+    model = FusionTransformer(TeacherConfig(**c))
+    model.load_state_dict(load_file(str(p / "model.safetensors")))
+    model.eval()
+    return model, meta
