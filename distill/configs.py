@@ -63,3 +63,51 @@ class TrainConfig:
         d = asdict(self)
         d["task_weights"] = list(self.task_weights)
         return d
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The on-device student. ``modalities`` are the *kept* ones; ``hist_dim`` matches them."""
+
+    modalities: dict[str, int] = field(default_factory=dict)
+    hist_dim: int = 0
+    d_model: int = 32
+    num_heads: int = 2
+    head_dim: int = 0                        # 0: d_model // num_heads (kept fixed when heads are pruned)
+    ffn_dim: int = 64
+    head_hidden: int = 48
+    dropout: float = 0.0
+    modality_dropout: float = 0.1
+    score_weights: tuple[float, float, float] = (1.0, 0.2, 0.2)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["score_weights"] = list(self.score_weights)
+        return d
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation, modality pruning and structural pruning settings."""
+
+    temperature: float = 2.0
+    label_weight: float = 1.0
+    pointwise_weight: float = 1.0
+    listwise_weight: float = 1.0
+    feature_weight: float = 0.5
+    modality_budget: float = 0.005          # drop a modality whose masking costs < 0.5 % relative NDCG@10
+    prune_modalities: bool = True
+    target_params_ratio: float = 0.05       # structural pruning target: student params <= ratio x teacher params
+    max_prune_ratio: float = 0.6            # never remove more than this share of FFN / head-MLP width
+    finetune_epochs: int = 3
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}.")
+        if not 0 <= self.modality_budget < 1:
+            raise ConfigError(f"modality_budget must be in [0, 1), got {self.modality_budget}.")
+        if not 0 < self.target_params_ratio <= 1:
+            raise ConfigError(f"target_params_ratio must be in (0, 1], got {self.target_params_ratio}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

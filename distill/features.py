@@ -48,8 +48,10 @@ class FeatureBuilder:
     inter_eng: np.ndarray                  # [M, 3]
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, hist_len: int = 20) -> "FeatureBuilder":
-        emb = {m: e.astype(np.float32) for m, e in ds.embeddings.items()}
+    def from_dataset(cls, ds: Dataset, hist_len: int = 20, modalities: list[str] | None = None) -> "FeatureBuilder":
+        """``modalities`` keeps a subset (in the dataset's order); pruned ones vanish from every input."""
+        keep = list(ds.embeddings) if modalities is None else [m for m in ds.embeddings if m in modalities]
+        emb = {m: ds.embeddings[m].astype(np.float32) for m in keep}
         pres = {m: ds.present[m].astype(np.float32) for m in emb}
         concat = np.concatenate([emb[m] for m in emb], axis=1) if emb else np.zeros((ds.n_items, 0), np.float32)
         dur = np.log1p(np.asarray(ds.items["duration_s"], np.float64))
@@ -68,7 +70,7 @@ class FeatureBuilder:
             ratio = np.where(it["duration_ms"] > 0, it["watch_ms"] / np.maximum(it["duration_ms"], 1e-9), 0.0)
         eng = np.stack([np.clip(ratio, 0, 1.5), it["like"], it["skip"]], axis=1).astype(np.float32)
         return cls(
-            modalities=ds.modalities, hist_len=hist_len, item_emb=emb, item_present=pres, item_concat=concat,
+            modalities={m: ds.modalities[m] for m in keep}, hist_len=hist_len, item_emb=emb, item_present=pres, item_concat=concat,
             duration=dur.astype(np.float32), upload=np.asarray(ds.items["upload_ts"], np.float64),
             click_keys=keys, span=span, t0=t0, pop_scale=(float(final.mean()), float(final.std() + 1e-6)),
             user_offsets=ds.user_offsets(), inter_item=it["item"],

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -202,12 +202,16 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, resume: bool = False,
-          stop_after_epochs: int | None = None, progress: bool = True, fb: FeatureBuilder | None = None) -> dict[str, Any]:
+          stop_after_epochs: int | None = None, progress: bool = True, fb: FeatureBuilder | None = None,
+          extra_loss: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray], torch.Tensor] | None = None,
+          label_weight: float = 1.0, train_idx: np.ndarray | None = None) -> dict[str, Any]:
     """Train ``model`` on ``ds``'s training requests; checkpoints and logs under ``out``.
 
     Returns ``{best_val_ndcg@10, best_epoch, epochs_run, samples_per_s, requests_per_s, train_s,
     world_size, device, stopped_early}``; the model holds the best weights afterwards.
     ``stop_after_epochs`` pauses after that many epochs (the run can be resumed).
+    ``extra_loss(outputs, tensors, request_idx)`` adds a term (distillation uses it) to
+    ``label_weight`` x the label loss; ``train_idx`` restricts training to those requests.
     """
     out = Path(out)
     rank, world = _dist_info()
@@ -221,7 +225,7 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
     torch.manual_seed(cfg.seed)
     model.to(device)
     fb = fb or FeatureBuilder.from_dataset(ds, cfg.hist_len)
-    train_idx = ds.split_index("train")
+    train_idx = ds.split_index("train") if train_idx is None else np.asarray(train_idx)
     val_idx = ds.split_index("val")
     if len(val_idx) == 0:  # tiny real datasets without val requests: watch the latest training requests
         val_idx = train_idx[-min(len(train_idx), 256):]
@@ -286,7 +290,9 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
                 g["lr"] = lr_at(state["step"], total_steps, cfg)
             with autocast:
                 o = step_model(**model_inputs(model, t))
-                loss = ranking_loss(o, t, cfg)
+                loss = label_weight * ranking_loss(o, t, cfg)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(o, t, idx)
                 if cfg.contrastive_weight > 0:
                     loss = loss + cfg.contrastive_weight * contrastive_loss(train_model, t, items, cfg, gen)
             if not torch.isfinite(loss):

@@ -36,7 +36,7 @@ def test_noise_modality_is_no_better_than_chance_and_visual_is_predictive(probe_
     noise = [_item_probe_auc(ds, NOISE_MODALITY) for ds in probe_worlds]
     visual = [_item_probe_auc(ds, "visual") for ds in probe_worlds]
     assert abs(np.mean(noise) - 0.5) <= 0.02, noise
-    assert all(abs(a - 0.5) <= 0.04 for a in noise), noise
+    assert all(abs(a - 0.5) <= 0.05 for a in noise), noise   # one seed: ~1800 items, sd ~0.014
     assert min(visual) > 0.62, visual
     assert min(visual) > max(noise) + 0.1
 

@@ -1,0 +1,337 @@
+"""``edge-rec distill``: knowledge distillation, modality pruning and structural pruning.
+
+Steps (every model is evaluated on the same test requests as the teacher):
+
+1. cache the teacher's outputs (task logits and fused candidate vectors) on the students' training
+   requests, once; every student reads the cache instead of re-running the teacher;
+2. ``student_label_only``: the student trained on the true labels alone (the no-KD control);
+3. ``student_kd``: the same student trained on labels + pointwise soft labels (temperature T) +
+   listwise KL between the teacher's and the student's list softmaxes + feature distillation
+   (student fused vector -> teacher's, through a training-only projection);
+4. **modality pruning**: each modality is masked on the validation requests (candidates and
+   history) in the teacher; a modality whose masking costs less than ``modality_budget`` relative
+   NDCG@10 is dropped, and a student whose inputs no longer include it is re-distilled;
+5. **structural pruning** of that student with torch-pruning (FFN width, attention heads,
+   head-MLP width; ``d_model`` fixed) toward ``target_params_ratio`` x the teacher's parameters,
+   then a distillation fine-tune (pruning alone scrambles the ranking): ``student``.
+
+Output: ``OUT/model.safetensors`` + ``OUT/config.json`` (the final student, with kept and pruned
+modalities), ``OUT/report.json``, ``OUT/teacher_cache.safetensors``, ``OUT/runs/<model>/``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_rec._requires import requires
+from edge_rec.errors import ConfigError, DataError
+from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig
+from edge_rec.distill.dataset import Dataset, write_json
+from edge_rec.distill.evaluate import evaluate_scores, model_row
+from edge_rec.distill.features import FeatureBuilder, N_ENGAGEMENT
+from edge_rec.distill.models import RankerBase, TASKS, count_params, macs_per_candidate
+from edge_rec.distill.student import Student
+from edge_rec.distill.teacher_stage import load_teacher
+from edge_rec.distill.trainer import model_inputs, predict, to_tensors, train
+
+STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {"model": dict(d_model=16, num_heads=2, ffn_dim=32, head_hidden=24),
+             "train": dict(epochs=4, batch_size=32, lr=3e-3, patience=3)},
+    "default": {"model": dict(d_model=32, num_heads=2, ffn_dim=64, head_hidden=48),
+                "train": dict(epochs=5, batch_size=64, lr=3e-3, max_train_requests=12000, patience=3)},
+    "large": {"model": dict(d_model=64, num_heads=4, ffn_dim=128, head_hidden=96),
+              "train": dict(epochs=8, batch_size=256, lr=2e-3, patience=3)},
+}
+
+
+# ---- teacher cache -----------------------------------------------------------------------------
+@torch.no_grad()
+def cache_teacher(teacher: RankerBase, fb: FeatureBuilder, ds: Dataset, idx: np.ndarray,
+                  batch: int = 256) -> dict[str, np.ndarray]:
+    """Teacher outputs on requests ``idx``: ``logits`` [R, N, 3] float32, ``fused`` [R, N, d_t] float16."""
+    teacher.eval()
+    logits, fused = [], []
+    for c0 in range(0, len(idx), batch):
+        t = to_tensors(fb.build(ds, idx[c0:c0 + batch]), torch.device("cpu"))
+        o = teacher(**model_inputs(teacher, t))
+        logits.append(o["logits"].float().numpy())
+        fused.append(o["fused"].numpy().astype(np.float16))
+    return {"idx": np.asarray(idx, np.int64), "logits": np.concatenate(logits), "fused": np.concatenate(fused)}
+
+
+def kd_loss(student: nn.Module, cache: dict[str, np.ndarray], cfg: DistillConfig) -> Callable:
+    """The distillation term for the trainer: pointwise + listwise + feature, from the cache."""
+    row = np.full(int(cache["idx"].max()) + 1, -1, dtype=np.int64)
+    row[cache["idx"]] = np.arange(len(cache["idx"]))
+    T = cfg.temperature
+    logits_all = torch.from_numpy(cache["logits"])
+    fused_all = torch.from_numpy(cache["fused"])
+
+    def term(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor], idx: np.ndarray) -> torch.Tensor:
+        r = torch.from_numpy(row[idx])
+        if (r < 0).any():
+            raise DataError("a training request has no cached teacher output; rebuild the cache.")
+        tl = logits_all[r].to(out["logits"].device)                           # (B, N, 3)
+        valid = t["valid"]
+        denom = valid.sum().clamp(min=1.0)
+        sl = out["logits"].float()
+        loss = sl.new_zeros(())
+        if cfg.pointwise_weight > 0:
+            pw = F.binary_cross_entropy_with_logits(sl / T, torch.sigmoid(tl / T), reduction="none").sum(-1)
+            loss = loss + cfg.pointwise_weight * T * T * (pw * valid).sum() / denom
+        if cfg.listwise_weight > 0:
+            w = student.score_w
+            ts = (tl @ w).masked_fill(valid <= 0, -1e4)
+            ss = out["score"].float().masked_fill(valid <= 0, -1e4)
+            kl = F.kl_div(torch.log_softmax(ss / T, -1), torch.log_softmax(ts / T, -1), log_target=True,
+                          reduction="none").sum(-1)
+            loss = loss + cfg.listwise_weight * T * T * kl.mean()
+        if cfg.feature_weight > 0 and hasattr(student, "kd_proj"):
+            tf = fused_all[r].to(sl.device).float()
+            diff = ((student.kd_proj(out["fused"]) - tf) ** 2).mean(-1)
+            loss = loss + cfg.feature_weight * (diff * valid).sum() / denom
+        return loss
+
+    return term
+
+
+# ---- modality importance -------------------------------------------------------------------------
+def _mask_modality(arrays: dict[str, np.ndarray], fb: FeatureBuilder, m: str) -> None:
+    arrays[f"cand_mask_{m}"][:] = 0.0
+    arrays[f"cand_{m}"][:] = 0.0
+    o = 0
+    for name, d in fb.modalities.items():
+        if name == m:
+            arrays["hist_emb"][..., o:o + d] = 0.0
+        o += d
+
+
+@torch.no_grad()
+def modality_importance(model: RankerBase, fb: FeatureBuilder, ds: Dataset, idx: np.ndarray,
+                        batch: int = 256, min_cold_requests: int = 30) -> dict[str, Any]:
+    """Relative NDCG@10 lost when each modality is masked (candidates and history).
+
+    Returns ``{"overall": {m: loss}, "cold": {m: loss} | None, "decision": "cold" | "overall"}``.
+    The decision uses the cold-start view when there are enough cold requests: an embedding that
+    carries nothing can still act as an item fingerprint that lets a model memorise warm items,
+    which says nothing about the content it would bring to the feed's fresh items.
+    """
+    model.eval()
+
+    def run(masked: str | None) -> dict[str, float]:
+        parts = []
+        for c0 in range(0, len(idx), batch):
+            a = fb.build(ds, idx[c0:c0 + batch])
+            if masked:
+                _mask_modality(a, fb, masked)
+            parts.append(model(**model_inputs(model, to_tensors(a, torch.device("cpu"))))["score"].numpy())
+        return evaluate_scores(ds, idx, np.concatenate(parts))
+
+    base = run(None)
+    masked = {m: run(m) for m in fb.modalities}
+    overall = {m: (base["ndcg@10"] - r["ndcg@10"]) / base["ndcg@10"] for m, r in masked.items()}
+    use_cold = base.get("cold.n_requests", 0) >= min_cold_requests and np.isfinite(base["cold.ndcg@10"])
+    cold = ({m: (base["cold.ndcg@10"] - r["cold.ndcg@10"]) / base["cold.ndcg@10"] for m, r in masked.items()}
+            if use_cold else None)
+    return {"overall": overall, "cold": cold, "decision": "cold" if use_cold else "overall",
+            "base_ndcg@10": base["ndcg@10"], "base_cold.ndcg@10": base["cold.ndcg@10"],
+            "cold_requests": base.get("cold.n_requests", 0)}
+
+
+# ---- structural pruning --------------------------------------------------------------------------
+def _prune_once(model: Student, ratio: float, example: dict[str, torch.Tensor]) -> Student:
+    tp = requires("torch_pruning")
+    m = copy.deepcopy(model).eval()
+    attn = m.attn
+    prunable = {m.ffn[0], m.head[0], attn.q, attn.k, attn.v}
+    ignored = [mod for mod in m.modules() if isinstance(mod, nn.Linear) and mod not in prunable]
+    heads = attn.num_heads
+    head_ratio = (heads // 2) / heads if heads > 1 and ratio >= 0.5 else 0.0
+    pruner = tp.pruner.MetaPruner(
+        m, example_inputs=example, importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio, pruning_ratio_dict={(attn.q, attn.k, attn.v): 0.0} if head_ratio == 0 else None,
+        ignored_layers=ignored, num_heads={attn.q: heads, attn.k: heads, attn.v: heads},
+        prune_num_heads=head_ratio > 0, prune_head_dims=False, head_pruning_ratio=head_ratio,
+        output_transform=lambda out: out["score"].sum(),
+    )
+    pruner.step()
+    attn.num_heads = attn.q.out_features // attn.head_dim
+    return m
+
+
+def structural_prune(model: Student, target_params: int, cfg: DistillConfig, n: int,
+                     hist_len: int) -> tuple[Student, dict[str, Any]]:
+    """Prune FFN width, heads and head-MLP width until params <= ``target_params`` (or the cap)."""
+    example = model.example_inputs(n=n, hist_len=hist_len, batch=2)
+    before = count_params(model)
+    chosen, ratio = model, 0.0
+    for r in np.arange(0.1, cfg.max_prune_ratio + 1e-9, 0.1):
+        cand = _prune_once(model, float(r), example)
+        chosen, ratio = cand, float(r)
+        if count_params(cand) <= target_params:
+            break
+    c = model.config
+    new_cfg = dataclasses.replace(c, ffn_dim=chosen.ffn[0].out_features, head_hidden=chosen.head[0].out_features,
+                                  num_heads=chosen.attn.num_heads, head_dim=chosen.attn.head_dim)
+    chosen.config = new_cfg
+    info = {"ratio": ratio, "params_before": before, "params_after": count_params(chosen),
+            "target_params": int(target_params), "target_reached": count_params(chosen) <= target_params,
+            "ffn_dim": [c.ffn_dim, new_cfg.ffn_dim], "num_heads": [c.num_heads, new_cfg.num_heads],
+            "head_hidden": [c.head_hidden, new_cfg.head_hidden]}
+    return chosen, info
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+def student_configs(preset: str, model_overrides: dict[str, Any] | None = None,
+                    train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    if preset not in STUDENT_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(STUDENT_PRESETS)}.")
+    p = STUDENT_PRESETS[preset]
+    return {**p["model"], **(model_overrides or {})}, TrainConfig(**{**p["train"], **(train_overrides or {})})
+
+
+def _hist_dim(mods: dict[str, int]) -> int:
+    return sum(mods.values()) + N_ENGAGEMENT
+
+
+def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: str = "default",
+            config: DistillConfig | None = None, model_overrides: dict[str, Any] | None = None,
+            train_overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run steps 1-5 of the module docstring; returns the stage report (also ``OUT/report.json``)."""
+    cfg = config or DistillConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher, tmeta = load_teacher(teacher_dir)
+    if tmeta["config"]["modalities"] != ds.modalities:
+        raise DataError(f"the teacher in {teacher_dir} was trained on modalities {tmeta['config']['modalities']}, "
+                        f"the dataset has {ds.modalities}; train the teacher on this dataset first.")
+    hist_len = tmeta["hist_len"]
+    skw, tcfg = student_configs(preset, model_overrides, train_overrides)
+    tcfg = dataclasses.replace(tcfg, hist_len=hist_len, contrastive_weight=0.0)
+    n = ds.requests["cand"].shape[1]
+    tfb = FeatureBuilder.from_dataset(ds, hist_len)
+    train_all = ds.split_index("train")
+    rng = np.random.default_rng(tcfg.seed)
+    subset = np.sort(rng.permutation(train_all)[: tcfg.max_train_requests or len(train_all)])
+    tcfg = dataclasses.replace(tcfg, max_train_requests=0)
+    cache = cache_teacher(teacher, tfb, ds, subset)
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in cache.items()}, str(out / "teacher_cache.safetensors"))
+    test = ds.split_index("test")
+    val = ds.split_index("val")
+    if len(val) == 0:
+        val = subset[-min(len(subset), 256):]
+    t_params, t_macs = count_params(teacher), macs_per_candidate(teacher, n=n, hist_len=hist_len)
+    d_teacher = teacher.config.d_model
+    models: dict[str, dict[str, Any]] = {}
+
+    def fit(name: str, mods: dict[str, int], kd: bool, model: Student | None = None,
+            epochs: int | None = None) -> tuple[Student, FeatureBuilder]:
+        torch.manual_seed(tcfg.seed)
+        student = model or Student(StudentConfig(modalities=mods, hist_dim=_hist_dim(mods), **skw))
+        fb = FeatureBuilder.from_dataset(ds, hist_len, modalities=list(mods))
+        extra = None
+        if kd:
+            if cfg.feature_weight > 0:
+                student.kd_proj = nn.Linear(student.config.d_model, d_teacher)   # training only
+            extra = kd_loss(student, cache, cfg)
+        c = tcfg if epochs is None else dataclasses.replace(tcfg, epochs=epochs)
+        fit_info = train(student, ds, out / "runs" / name, c, fb=fb, progress=progress, extra_loss=extra,
+                         label_weight=cfg.label_weight if kd else 1.0, train_idx=subset)
+        if hasattr(student, "kd_proj"):
+            del student.kd_proj
+        metrics = evaluate_scores(ds, test, predict(student, fb, ds, test))
+        models[name] = model_row(metrics, count_params(student), macs_per_candidate(student, n=n, hist_len=hist_len),
+                                 modalities=list(mods), train=fit_info)
+        return student, fb
+
+    all_mods = dict(ds.modalities)
+    fit("student_label_only", all_mods, kd=False)
+    kd_full, _ = fit("student_kd", all_mods, kd=True)
+
+    # Modality worth: leave one modality out, re-distil, and measure the validation NDCG@10 lost.
+    # (Masking a modality in a trained model under-states it, because every embedding also
+    # fingerprints the item, and a model can recover a masked item from the others.)
+    masking = modality_importance(teacher, tfb, ds, val)
+    base_val = models["student_kd"]["train"]["best_val_ndcg@10"]
+    importance: dict[str, float] = {}
+    loo: dict[str, Student] = {}
+    if cfg.prune_modalities and len(all_mods) > 1:
+        for m in all_mods:
+            rest = {k: v for k, v in all_mods.items() if k != m}
+            loo[m], _ = fit(f"student_without_{m}", rest, kd=True)
+            importance[m] = (base_val - models[f"student_without_{m}"]["train"]["best_val_ndcg@10"]) / base_val
+        kept = [m for m in all_mods if importance[m] >= cfg.modality_budget]
+        if not kept:  # never prune everything: keep the most useful one
+            kept = [max(importance, key=importance.get)]
+    else:
+        kept = list(all_mods)
+    pruned = [m for m in all_mods if m not in kept]
+    kept_mods = {m: all_mods[m] for m in kept}
+    if not pruned:
+        unpruned = kd_full
+        models["student_modality_pruned"] = dict(models["student_kd"])
+    elif len(pruned) == 1:   # that student was trained already: re-use it
+        unpruned = loo[pruned[0]]
+        models["student_modality_pruned"] = dict(models[f"student_without_{pruned[0]}"])
+    else:
+        unpruned, _ = fit("student_modality_pruned", kept_mods, kd=True)
+    for m in all_mods:
+        models.pop(f"student_without_{m}", None)
+
+    target = int(cfg.target_params_ratio * t_params)
+    small, sinfo = structural_prune(unpruned, target, cfg, n, hist_len)
+    final, _ = fit("student", kept_mods, kd=True, model=small, epochs=cfg.finetune_epochs)
+    models["student"]["structural_pruning"] = sinfo
+
+    for name in models:
+        models[name]["params_ratio_to_teacher"] = models[name]["params"] / t_params
+        models[name]["macs_ratio_to_teacher"] = models[name]["macs_per_candidate"] / t_macs
+    planted = ds.meta.get("planted", {}).get("noise_modality")
+    report = {
+        "preset": preset, "config": cfg.to_dict(), "train_config": tcfg.to_dict(),
+        "models": models,
+        "modalities": {"importance": importance, "kept": kept, "pruned": pruned, "planted_noise": planted,
+                       "budget": cfg.modality_budget,
+                       "measured_on": "leave-one-out re-distilled students, validation NDCG@10",
+                       "teacher_masking": masking},
+        "teacher": {"params": t_params, "macs_per_candidate": t_macs, "dir": str(teacher_dir)},
+        "student": {"config": final.config.to_dict(), "structural_pruning": sinfo},
+    }
+    save_student(final, out, hist_len, kept, pruned)
+    write_json(out / "report.json", report)
+    return report
+
+
+def save_student(model: Student, out: Path, hist_len: int, kept: list[str], pruned: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
+    write_json(out / "config.json", {"kind": "student", "config": model.config.to_dict(), "hist_len": hist_len,
+                                     "kept_modalities": kept, "pruned_modalities": pruned,
+                                     "input_names": model.input_names, "output_names": model.output_names})
+
+
+def load_student(path: str | Path) -> tuple[Student, dict[str, Any]]:
+    """Rebuild the final student from ``save_student``'s folder (weights loaded, eval mode)."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+        raise DataError(f"{p} holds no student (needs config.json and model.safetensors); run `edge-rec distill` first.")
+    meta = json.loads((p / "config.json").read_text())
+    c = dict(meta["config"])
+    c["score_weights"] = tuple(c["score_weights"])
+    model = Student(StudentConfig(**c))
+    model.load_state_dict(load_file(str(p / "model.safetensors")))
+    return model.eval(), meta
