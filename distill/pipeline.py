@@ -22,7 +22,6 @@ from edge_rec.distill.world import generate_world, world_config
 
 STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
 PENDING = {
-    "distill": "not implemented yet (issue #4)",
     "export": "not implemented yet (issue #5)",
     "bench": "not implemented yet (issue #7)",
 }
@@ -77,6 +76,17 @@ def run_pipeline(
     timings["train-teacher"] = time.perf_counter() - t0
     stages["train-teacher"] = (f"ran: early_fusion, late_fusion, teacher (+ contrastive ablation), "
                                f"teacher preset {teacher_preset} -> {run / 'teacher'}")
+
+    from edge_rec.distill.distill_stage import distill
+
+    t0 = time.perf_counter()
+    dstage = distill(ds, run / "teacher", run / "student", preset=preset, progress=progress)
+    for name in ("student_label_only", "student_kd", "student", "student_modality_pruned"):
+        models[name] = dstage["models"][name]
+    timings["distill"] = time.perf_counter() - t0
+    mods = dstage["modalities"]
+    stages["distill"] = (f"ran: student_label_only, student_kd, leave-one-out modality importance, "
+                         f"pruned {mods['pruned']}, structural pruning + KD fine-tune -> {run / 'student'}")
     stages.update(PENDING)
 
     planted = ds.meta.get("planted", {})
@@ -86,7 +96,10 @@ def run_pipeline(
         "seed": seed,
         "dataset": dataset_summary(ds),
         "models": models,
-        "modalities": {"planted_noise": planted.get("noise_modality")},
+        "modalities": {"importance": mods["importance"], "kept": mods["kept"], "pruned": mods["pruned"],
+                       "planted_noise": planted.get("noise_modality"), "budget": mods["budget"],
+                       "measured_on": mods["measured_on"]},
+        "student": dstage["student"],
         "teacher": stage["teacher"],
         "stages": stages,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -141,6 +154,20 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
             lines += [f"Contrastive ablation (InfoNCE weight {abl['contrastive_weight']}): NDCG@10 "
                       f"{abl['with']['ndcg@10']:.4f} with vs {abl['without']['ndcg@10']:.4f} without; cold NDCG@10 "
                       f"{_fmt(abl['with']['cold.ndcg@10'])} vs {_fmt(abl['without']['cold.ndcg@10'])}.", ""]
+    mods = report.get("modalities", {})
+    if "importance" in mods:
+        lines += ["## Modalities", "", "| modality | relative NDCG@10 lost without it | decision |", "|---|---|---|"]
+        for m, v in mods["importance"].items():
+            lines.append(f"| {m} | {v:+.4f} | {'kept' if m in mods['kept'] else 'pruned'} |")
+        lines += ["", f"Budget {mods['budget']}; measured on {mods['measured_on']}. Planted noise modality: "
+                      f"`{mods['planted_noise']}`.", ""]
+    if "student" in report:
+        sp = report["student"]["structural_pruning"]
+        lines += ["## Student", "",
+                  f"Structural pruning (torch-pruning, ratio {sp['ratio']:.1f}): FFN {sp['ffn_dim'][0]}→{sp['ffn_dim'][1]}, "
+                  f"heads {sp['num_heads'][0]}→{sp['num_heads'][1]}, head MLP {sp['head_hidden'][0]}→{sp['head_hidden'][1]}; "
+                  f"{sp['params_before']} → {sp['params_after']} parameters (target {sp['target_params']}, "
+                  f"{'reached' if sp['target_reached'] else 'not reached'}).", ""]
     lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]
     lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
     return "\n".join(lines)

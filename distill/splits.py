@@ -10,7 +10,7 @@ first, then ``test``), everything earlier is ``train``.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,16 +54,12 @@ def finalize(
     neg_alpha: float = 1.0,
     progress: bool = False,
     split: np.ndarray | None = None,
-    neg_extra_logw: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Dataset:
     """Sort interactions, build requests, splits, candidate lists and cold flags; validate.
 
     ``interactions["req"]`` must group each user's impressions into requests (sessions); any ids
     will do, they are renumbered in (user, time) order. ``split`` ([M], per interaction) keeps a
-    split the source already defines; without it the split is temporal per user.
-    ``neg_extra_logw(ts [B]) -> [B, I]`` adds to the negatives' log-weights, so that a source that
-    knows its retrieval stage (the synthetic world's freshness boost) samples negatives like it:
-    otherwise "was it retrieved at all" would be learnable from item age instead of from content. ``items["upload_ts"]`` bounds which items
+    split the source already defines; without it the split is temporal per user. ``items["upload_ts"]`` bounds which items
     can be sampled as negatives for a request at time t (only items with upload_ts <= t).
     """
     if n_candidates < 2:
@@ -110,8 +106,6 @@ def finalize(
     for c0 in iterator:
         c1 = min(n_req, c0 + chunk)
         key = np.broadcast_to(logw, (c1 - c0, n_items)).copy()
-        if neg_extra_logw is not None:
-            key += neg_extra_logw(req_ts[c0:c1])
         key[upload[None, :] > req_ts[c0:c1, None]] = -np.inf
         for r in range(c0, c1):
             key[r - c0, it["item"][starts[r]:ends[r]]] = -np.inf

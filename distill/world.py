@@ -12,7 +12,7 @@ What it plants (and records in ``meta.json["planted"]`` and ``planted.safetensor
 
   ======== ===================================================== ==========================
   visual   z, energetic, quality, little noise                   strong
-  text     the hashtags, under noise                             weak, but the only view of the tags
+  text     the topic centre and the hashtags, heavy noise        weak, but carries the tags
   audio    beat and audio-only factors                           useful only with visual:
                                                                  utility has energetic x beat,
                                                                  which is zero-mean given either
@@ -21,7 +21,7 @@ What it plants (and records in ``meta.json["planted"]`` and ``planted.safetensor
 
 * **utility** of item i for user u at time t::
 
-      u = θ_u(t)·z_i / sqrt(k) + tag_strength ψ_u·tags_i / sqrt(n_tags) + quality_i + cross · energetic_i · beat_i
+      u = θ_u(t)·z_i / sqrt(k) + 0.5 ψ_u·tags_i + quality_i + cross · energetic_i · beat_i
           + creator_bias + 0.3 · log-popularity + ε
 
 * **exposure** (what an existing feed showed): popularity, a little relevance and a freshness
@@ -68,8 +68,7 @@ class WorldConfig:
     train_frac: float = 0.8
     cold_frac: float = 0.12
     drift_frac: float = 0.5
-    cross_strength: float = 1.2
-    tag_strength: float = 0.8
+    cross_strength: float = 0.9
     base_utility: float = -2.5
     dims: dict[str, int] = field(default_factory=lambda: {"visual": 64, "audio": 32, "text": 48, "motion": 32})
     missing: dict[str, float] = field(default_factory=lambda: {"visual": 0.02, "audio": 0.15, "text": 0.10, "motion": 0.05})
@@ -115,11 +114,6 @@ def world_config(preset: str = "default", **overrides: Any) -> WorldConfig:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def _freshness(age_days: np.ndarray) -> np.ndarray:
-    """Log-weight boost the feed gives new uploads (exposure and the retrieval stage alike)."""
-    return 2.0 * np.exp(-np.clip(age_days, 0, None) / 4.0)
 
 
 def _zipf(n: int, s: float, rng: np.random.Generator) -> np.ndarray:
@@ -188,9 +182,9 @@ def generate_world(config: WorldConfig | None = None, *, progress: bool = False)
         cur = np.where(ts < drift_ts[u], main_topic[u], new_topic[u])            # [S]
         theta = 0.75 * centers[cur] + 0.5 * personal[u]                         # [S, k]
         rel = theta @ z.T / np.sqrt(k)                                           # [S, I]
-        util_mean = rel + cfg.tag_strength * (tags @ tag_taste[u]) / np.sqrt(cfg.n_tags) + item_static
+        util_mean = rel + 0.5 * (tags @ tag_taste[u]) / np.sqrt(cfg.n_tags) + item_static
         age_days = (ts[:, None] - upload_ts[None, :]) / DAY
-        fresh = _freshness(age_days)
+        fresh = 2.0 * np.exp(-np.clip(age_days, 0, None) / 4.0)
         key = log_pop[None, :] + 0.5 * rel + fresh
         key[age_days < 0] = -np.inf                                              # not uploaded yet
         key = key + rng.gumbel(size=key.shape)
@@ -239,7 +233,7 @@ def generate_world(config: WorldConfig | None = None, *, progress: bool = False)
     raw = {
         "visual": view(np.column_stack([z, 1.5 * energetic, 2.0 * quality]), d["visual"], 0.3),
         "audio": view(np.column_stack([2.0 * beat, audio_own]), d["audio"], 0.3),
-        "text": view(1.5 * tags, d["text"], 1.0),
+        "text": view(np.column_stack([0.8 * centers[topic], 1.5 * tags]), d["text"], 1.2),
         NOISE_MODALITY: rng.normal(size=(cfg.n_items, d[NOISE_MODALITY])),
     }
     embeddings, present = {}, {}
@@ -275,7 +269,6 @@ def generate_world(config: WorldConfig | None = None, *, progress: bool = False)
                "duration_s": duration_s.astype(np.float64), "upload_ts": upload_ts.astype(np.float64)},
         interactions=inter, embeddings=embeddings, present=present,
         n_candidates=cfg.n_candidates, seed=cfg.seed + 1, progress=progress,
-        neg_extra_logw=lambda ts: _freshness((ts[:, None] - upload_ts[None, :]) / DAY),
     )
     ds.planted = {
         "item_topic": topic.astype(np.int64), "item_energetic": energetic, "item_beat": beat,

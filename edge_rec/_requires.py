@@ -15,6 +15,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "scipy": ("train", "scipy"),
     "implicit": ("train", "implicit"),
     "matplotlib": ("train", "matplotlib"),
+    "torch_pruning": ("train", "torch-pruning"),
     "onnx": ("export", "onnx"),
     "onnxruntime": ("export", "onnxruntime"),
     "coremltools": ("coreml", "coremltools"),

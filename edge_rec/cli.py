@@ -127,6 +127,26 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from edge_rec.distill.configs import DistillConfig
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.distill_stage import distill
+
+    rep = distill(Dataset.load(args.data), args.teacher, args.out, preset=args.preset,
+                  config=DistillConfig(**_overrides(args, "kd")), model_overrides=_overrides(args, "student"),
+                  train_overrides=_overrides(args, "train"))
+    for name, row in rep["models"].items():
+        print(f"{name:24s} ndcg@10 {_num(row['ndcg@10'])}  params {row['params']:>7d} "
+              f"({row['params_ratio_to_teacher']:.3f} of teacher)  MACs/cand {row['macs_per_candidate']:>8d} "
+              f"({row['macs_ratio_to_teacher']:.3f})")
+    mods = rep["modalities"]
+    print("modality importance (relative val NDCG@10 lost without it): "
+          + ", ".join(f"{m} {v:+.4f}" for m, v in mods["importance"].items()))
+    print(f"kept {mods['kept']}  pruned {mods['pruned']}  (planted noise: {mods['planted_noise']})")
+    print(f"report: {Path(args.out) / 'report.json'}  student: {Path(args.out) / 'model.safetensors'}")
+    return 0
+
+
 def _num(v: Any) -> str:
     return "   –  " if v is None or v != v else f"{v:.4f}"
 
@@ -199,6 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(t, TeacherConfig, "model", exclude=("hist_dim",))
     _config_options(t, TrainConfig, "train")
     t.set_defaults(func=cmd_train_teacher)
+
+    ds_ = sub.add_parser("distill", help="distil the teacher into a student; prune modalities and structure")
+    ds_.add_argument("--data", required=True)
+    ds_.add_argument("--teacher", required=True, help="folder written by train-teacher")
+    ds_.add_argument("--out", required=True)
+    ds_.add_argument("--preset", default="default", choices=["tiny", "default", "large"])
+    from edge_rec.distill.configs import DistillConfig, StudentConfig
+
+    _config_options(ds_, StudentConfig, "student", exclude=("hist_dim",))
+    _config_options(ds_, DistillConfig, "kd")
+    _config_options(ds_, TrainConfig, "train", exclude=("listwise_weight", "contrastive_weight",
+                                                        "contrastive_temperature", "hist_len"))
+    ds_.set_defaults(func=cmd_distill)
 
     pl = sub.add_parser("pipeline", help="run every available stage and write report.json / report.md")
     pl.add_argument("--preset", default="default", choices=["tiny", "default", "large"])

@@ -59,11 +59,15 @@ def test_pipeline_tiny_writes_the_report(tmp_path):
     assert MODEL_KEYS <= set(rep["models"]["popularity"]) and MODEL_KEYS <= set(rep["models"]["id_only"])
     assert rep["stages"]["world"].startswith("ran") and rep["stages"]["baselines"].startswith("ran")
     assert rep["stages"]["train-teacher"].startswith("ran")
-    assert "not implemented yet" in rep["stages"]["distill"]
-    for name in ("early_fusion", "late_fusion", "teacher"):
+    assert rep["stages"]["distill"].startswith("ran")
+    assert "not implemented yet" in rep["stages"]["export"]
+    for name in ("early_fusion", "late_fusion", "teacher", "student_label_only", "student_kd", "student"):
         assert MODEL_KEYS <= set(rep["models"][name]), name
     assert rep["teacher"]["throughput"]["samples_per_s"] > 0
     assert "without" in rep["teacher"]["contrastive_ablation"]
+    mods = rep["modalities"]
+    assert set(mods["kept"]) | set(mods["pruned"]) == set(rep["dataset"]["modalities"])
+    assert mods["planted_noise"] == "motion"
     assert "| id_only |" in (run / "report.md").read_text()
     assert (run / "models.png").stat().st_size > 1000
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2

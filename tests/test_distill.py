@@ -1,0 +1,102 @@
+"""Distillation, modality pruning and structural pruning: the mechanics, on a tiny world."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edge_rec.distill.configs import DistillConfig, StudentConfig
+from edge_rec.distill.distill_stage import (cache_teacher, distill, kd_loss, load_student, modality_importance,
+                                            structural_prune)
+from edge_rec.distill.features import FeatureBuilder, input_names
+from edge_rec.distill.models import count_params, macs_per_candidate
+from edge_rec.distill.student import Student
+from edge_rec.distill.teacher_stage import load_teacher, train_teacher
+from edge_rec.distill.trainer import model_inputs, to_tensors
+from edge_rec.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train_teacher(tiny_world, out, preset="tiny", ablation=False, fusion_baselines=False,
+                  train_overrides={"epochs": 2}, progress=False)
+    return out
+
+
+def _student(ds, fb, **kw):
+    torch.manual_seed(0)
+    cfg = dict(d_model=16, num_heads=2, ffn_dim=32, head_hidden=24)
+    cfg.update(kw)
+    return Student(StudentConfig(modalities=fb.modalities, hist_dim=fb.hist_dim, **cfg))
+
+
+def test_listwise_kd_is_zero_when_the_student_matches_the_teacher(tiny_world, teacher_dir):
+    teacher, meta = load_teacher(teacher_dir)
+    fb = FeatureBuilder.from_dataset(tiny_world, meta["hist_len"])
+    idx = tiny_world.split_index("train")[:8]
+    cache = cache_teacher(teacher, fb, tiny_world, idx)
+    n = tiny_world.requests["cand"].shape[1]
+    assert cache["logits"].shape == (8, n, 3) and cache["fused"].dtype == np.float16
+    t = to_tensors(fb.build(tiny_world, idx), torch.device("cpu"))
+    out = teacher(**model_inputs(teacher, t))
+    only_list = kd_loss(teacher, cache, DistillConfig(pointwise_weight=0, feature_weight=0))
+    assert float(only_list(out, t, idx)) < 1e-6
+    other = _student(tiny_world, fb)
+    so = other(**model_inputs(other, t))
+    full = kd_loss(other, cache, DistillConfig())
+    assert float(full(so, t, idx)) > float(only_list(out, t, idx)) + 1e-3
+
+
+def test_structural_pruning_shrinks_and_round_trips(tiny_world, tmp_path):
+    fb = FeatureBuilder.from_dataset(tiny_world, 8)
+    s = _student(tiny_world, fb)
+    before = count_params(s)
+    small, info = structural_prune(s, target_params=int(before * 0.8), cfg=DistillConfig(), n=16, hist_len=8)
+    assert info["params_after"] == count_params(small) < before
+    assert small.config.ffn_dim < 32 or small.config.head_hidden < 24
+    assert small.config.d_model == 16                     # width of the residual stream is kept
+    x = small.example_inputs(n=16, hist_len=8)
+    y = small.eval()(**x)["score"]
+    assert torch.isfinite(y).all()
+    assert macs_per_candidate(small, n=16, hist_len=8) < macs_per_candidate(s, n=16, hist_len=8)
+    from edge_rec.distill.distill_stage import save_student
+
+    save_student(small, tmp_path, 8, list(fb.modalities), [])
+    again, meta = load_student(tmp_path)
+    assert torch.allclose(again(**x)["score"], y, atol=1e-6)
+    assert meta["input_names"] == input_names(fb.modalities)
+
+
+def test_masking_importance_reports_every_modality(tiny_world, teacher_dir):
+    teacher, meta = load_teacher(teacher_dir)
+    fb = FeatureBuilder.from_dataset(tiny_world, meta["hist_len"])
+    imp = modality_importance(teacher, fb, tiny_world, tiny_world.split_index("val"))
+    assert set(imp["overall"]) == set(tiny_world.modalities)
+    assert all(np.isfinite(v) for v in imp["overall"].values())
+
+
+def test_bad_distill_config():
+    with pytest.raises(ConfigError):
+        DistillConfig(temperature=0)
+    with pytest.raises(ConfigError):
+        DistillConfig(target_params_ratio=0)
+
+
+@pytest.mark.slow
+def test_distill_stage_end_to_end(tiny_world, teacher_dir, tmp_path):
+    rep = distill(tiny_world, teacher_dir, tmp_path, preset="tiny", train_overrides={"epochs": 2},
+                  config=DistillConfig(finetune_epochs=1), progress=False)
+    m = rep["models"]
+    for name in ("student_label_only", "student_kd", "student_modality_pruned", "student"):
+        assert {"ndcg@10", "cold.ndcg@10", "params", "macs_per_candidate"} <= set(m[name]), name
+    mods = rep["modalities"]
+    assert set(mods["kept"]) | set(mods["pruned"]) == set(tiny_world.modalities)
+    assert set(mods["importance"]) == set(tiny_world.modalities) and mods["kept"]
+    assert m["student"]["params"] < m["student_label_only"]["params"] < rep["teacher"]["params"]
+    student, meta = load_student(tmp_path)
+    assert meta["kept_modalities"] == mods["kept"]
+    assert student.input_names == input_names({k: tiny_world.modalities[k] for k in mods["kept"]})
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["modalities"]["pruned"] == mods["pruned"]
