@@ -98,7 +98,7 @@ class DistillConfig:
     modality_budget: float = 0.005          # drop a modality whose masking costs < 0.5 % relative NDCG@10
     prune_modalities: bool = True
     target_params_ratio: float = 0.05       # structural pruning target: student params <= ratio x teacher params
-    max_prune_ratio: float = 0.6            # never remove more than this share of FFN / head-MLP width
+    max_prune_ratio: float = 0.7            # never remove more than this share of FFN / head-MLP width
     finetune_epochs: int = 3
 
     def __post_init__(self) -> None:
