@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,11 +33,12 @@ from torch import nn
 
 from edge_rec._requires import requires
 from edge_rec.errors import ConfigError, DataError
+from edge_rec.distill.checkpoint import load_ranker, save_ranker
 from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores, model_row
 from edge_rec.distill.features import FeatureBuilder, N_ENGAGEMENT
-from edge_rec.distill.models import RankerBase, TASKS, count_params, macs_per_candidate
+from edge_rec.distill.models import RankerBase, count_params, macs_per_candidate
 from edge_rec.distill.student import Student
 from edge_rec.distill.teacher_stage import load_teacher
 from edge_rec.distill.trainer import model_inputs, predict, to_tensors, train
@@ -314,24 +314,9 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
 
 
 def save_student(model: Student, out: Path, hist_len: int, kept: list[str], pruned: list[str]) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    write_json(out / "config.json", {"kind": "student", "config": model.config.to_dict(), "hist_len": hist_len,
-                                     "kept_modalities": kept, "pruned_modalities": pruned,
-                                     "input_names": model.input_names, "output_names": model.output_names})
+    save_ranker(model, out, "student", hist_len, kept_modalities=kept, pruned_modalities=pruned)
 
 
 def load_student(path: str | Path) -> tuple[Student, dict[str, Any]]:
     """Rebuild the final student from ``save_student``'s folder (weights loaded, eval mode)."""
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
-        raise DataError(f"{p} holds no student (needs config.json and model.safetensors); run `edge-rec distill` first.")
-    meta = json.loads((p / "config.json").read_text())
-    c = dict(meta["config"])
-    c["score_weights"] = tuple(c["score_weights"])
-    model = Student(StudentConfig(**c))
-    model.load_state_dict(load_file(str(p / "model.safetensors")))
-    return model.eval(), meta
+    return load_ranker(path, "student", Student, StudentConfig, "edge-rec distill")

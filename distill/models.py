@@ -26,7 +26,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge_rec.distill.configs import TeacherConfig

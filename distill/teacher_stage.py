@@ -15,16 +15,15 @@ a few million parameters), for ``torchrun`` on one or more GPUs.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from edge_rec.errors import ConfigError, DataError
+from edge_rec.errors import ConfigError
 from edge_rec.distill.baselines import run_baselines
+from edge_rec.distill.checkpoint import load_ranker, save_ranker
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores, model_row
 from edge_rec.distill.features import FeatureBuilder
@@ -120,24 +119,9 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
 
 def save_teacher(model: FusionTransformer, out: Path, hist_len: int) -> None:
     """``OUT/model.safetensors`` + ``OUT/config.json``: all that :func:`load_teacher` needs."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    write_json(out / "config.json", {"kind": "teacher", "config": model.config.to_dict(), "hist_len": hist_len,
-                                     "input_names": model.input_names, "output_names": model.output_names})
+    save_ranker(model, out, "teacher", hist_len)
 
 
 def load_teacher(path: str | Path) -> tuple[FusionTransformer, dict[str, Any]]:
     """Rebuild the teacher from ``save_teacher``'s folder (weights loaded, eval mode)."""
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
-        raise DataError(f"{p} holds no teacher (needs config.json and model.safetensors); run `edge-rec train-teacher` first.")
-    meta = json.loads((p / "config.json").read_text())
-    c = dict(meta["config"])
-    c["score_weights"] = tuple(c["score_weights"])
-    model = FusionTransformer(TeacherConfig(**c))
-    model.load_state_dict(load_file(str(p / "model.safetensors")))
-    model.eval()
-    return model, meta
+    return load_ranker(path, "teacher", FusionTransformer, TeacherConfig, "edge-rec train-teacher")

@@ -91,7 +91,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     r = info["requests"]
     print(f"requests  train {r['train']}  val {r['val']}  test {r['test']}  "
           f"({info['candidates_per_request']} candidates each)")
-    print(f"labels    " + "  ".join(f"{k} {v:.3f}" for k, v in info["label_rates"].items()))
+    print("labels    " + "  ".join(f"{k} {v:.3f}" for k, v in info["label_rates"].items()))
     print(f"json      {path}")
     return 0
 
