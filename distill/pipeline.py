@@ -182,11 +182,11 @@ def _plot_models(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
     except ImportError:
         return None
     names = list(models)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names)), 4.0))
     x = np.arange(len(names))
     ax.bar(x - 0.2, [models[n]["ndcg@10"] or 0 for n in names], 0.4, label="NDCG@10 (all)")
     ax.bar(x + 0.2, [models[n]["cold.ndcg@10"] or 0 for n in names], 0.4, label="NDCG@10 (cold items)")
-    ax.set_xticks(x, names)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("NDCG@10 on test requests")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
