@@ -111,3 +111,13 @@ class DistillConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def preset_configs(presets: dict[str, dict[str, dict[str, Any]]], preset: str,
+                   model_overrides: dict[str, Any] | None = None,
+                   train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    """Model keyword arguments and the :class:`TrainConfig` of ``presets[preset]``, with overrides."""
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(presets)}.")
+    p = presets[preset]
+    return {**p["model"], **(model_overrides or {})}, TrainConfig(**{**p["train"], **(train_overrides or {})})

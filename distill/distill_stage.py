@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_rec._requires import requires
-from edge_rec.errors import ConfigError, DataError
+from edge_rec.errors import DataError
 from edge_rec.distill.checkpoint import load_ranker, save_ranker
-from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig
+from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig, preset_configs
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores, model_row
 from edge_rec.distill.features import FeatureBuilder, N_ENGAGEMENT
@@ -193,10 +193,8 @@ def structural_prune(model: Student, target_params: int, cfg: DistillConfig, n: 
 # ---- the stage -----------------------------------------------------------------------------------
 def student_configs(preset: str, model_overrides: dict[str, Any] | None = None,
                     train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
-    if preset not in STUDENT_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(STUDENT_PRESETS)}.")
-    p = STUDENT_PRESETS[preset]
-    return {**p["model"], **(model_overrides or {})}, TrainConfig(**{**p["train"], **(train_overrides or {})})
+    """Model keyword arguments and the :class:`TrainConfig` of a student preset, with overrides."""
+    return preset_configs(STUDENT_PRESETS, preset, model_overrides, train_overrides)
 
 
 def _hist_dim(mods: dict[str, int]) -> int:

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from edge_rec.errors import ConfigError
 from edge_rec.distill.baselines import run_baselines
 from edge_rec.distill.checkpoint import load_ranker, save_ranker
+from edge_rec.distill.configs import preset_configs
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores, model_row
 from edge_rec.distill.features import FeatureBuilder
@@ -43,11 +43,8 @@ TEACHER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 def teacher_configs(preset: str, model_overrides: dict[str, Any] | None = None,
                     train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
-    """Model keyword arguments and the :class:`TrainConfig` of a preset, with overrides."""
-    if preset not in TEACHER_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(TEACHER_PRESETS)}.")
-    p = TEACHER_PRESETS[preset]
-    return {**p["model"], **(model_overrides or {})}, TrainConfig(**{**p["train"], **(train_overrides or {})})
+    """Model keyword arguments and the :class:`TrainConfig` of a teacher preset, with overrides."""
+    return preset_configs(TEACHER_PRESETS, preset, model_overrides, train_overrides)
 
 
 def _rank() -> int:
