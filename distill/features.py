@@ -17,6 +17,7 @@ plus, for training and evaluation only: ``valid`` [B, N] and the labels ``click`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class FeatureBuilder:
     span: float
     t0: float
     pop_scale: tuple[float, float]         # mean, std of log1p(clicks so far)
+    dur_scale: tuple[float, float]         # mean, std of log1p(duration_s) over the catalogue
     user_offsets: np.ndarray
     inter_item: np.ndarray
     inter_ts: np.ndarray
@@ -55,7 +57,8 @@ class FeatureBuilder:
         pres = {m: ds.present[m].astype(np.float32) for m in emb}
         concat = np.concatenate([emb[m] for m in emb], axis=1) if emb else np.zeros((ds.n_items, 0), np.float32)
         dur = np.log1p(np.asarray(ds.items["duration_s"], np.float64))
-        dur = (dur - dur.mean()) / (dur.std() + 1e-6)
+        dur_scale = (float(dur.mean()), float(dur.std() + 1e-6))
+        dur = (dur - dur_scale[0]) / dur_scale[1]
         it = ds.interactions
         # Popularity is causal: clicks on the item strictly before the request (what a server
         # knows then). Counting the training period as a whole would leak each request's own
@@ -72,7 +75,7 @@ class FeatureBuilder:
         return cls(
             modalities={m: ds.modalities[m] for m in keep}, hist_len=hist_len, item_emb=emb, item_present=pres, item_concat=concat,
             duration=dur.astype(np.float32), upload=np.asarray(ds.items["upload_ts"], np.float64),
-            click_keys=keys, span=span, t0=t0, pop_scale=(float(final.mean()), float(final.std() + 1e-6)),
+            click_keys=keys, span=span, t0=t0, pop_scale=(float(final.mean()), float(final.std() + 1e-6)), dur_scale=dur_scale,
             user_offsets=ds.user_offsets(), inter_item=it["item"],
             inter_ts=it["ts"], inter_eng=eng,
         )
@@ -80,6 +83,29 @@ class FeatureBuilder:
     @property
     def hist_dim(self) -> int:
         return self.item_concat.shape[1] + N_ENGAGEMENT
+
+    def normalisation(self) -> dict[str, Any]:
+        """How every input is computed from raw feed fields: what a runtime (Python, JVM, browser) needs
+        to rebuild the features of :meth:`build` from a candidate list and the local history."""
+        o, layout = 0, {}
+        for m, d in self.modalities.items():
+            layout[m] = [o, o + d]
+            o += d
+        return {
+            "cand_dense": {
+                "columns": ["duration", "freshness", "popularity"],
+                "duration": {"formula": "(log1p(duration_s) - mean) / std", "mean": self.dur_scale[0], "std": self.dur_scale[1]},
+                "freshness": {"formula": "(log1p(max(request_ts - upload_ts, 0) / 3600) - 4) / 2", "shift": 4.0, "scale": 2.0},
+                "popularity": {"formula": "(log1p(clicks before the request) - mean) / std",
+                               "mean": self.pop_scale[0], "std": self.pop_scale[1]},
+            },
+            "cand_modality": {"dtype": "float32", "missing": "zeros with cand_mask_<m> = 0"},
+            "hist_emb": {"layout": layout, "engagement": {"offset": o, "columns": ["watch_ratio (clipped to [0, 1.5])", "like", "skip"]},
+                         "order": "oldest first, most recent last; left-padded with zeros", "length": self.hist_len},
+            "hist_weight": "1 for a real history entry, 0 for padding",
+            "hist_age": {"formula": "log1p(hours between the event and the request); 0 for padding"},
+            "context": {"columns": ["log1p(history length)", "sin(2*pi*hour_of_day/24)", "cos(2*pi*hour_of_day/24)"]},
+        }
 
     def popularity(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
         """Standardised log1p(clicks on each item before ``ts``). items [B, N], ts [B] -> [B, N]."""

@@ -122,7 +122,8 @@ class RankerBase(nn.Module):
 
     def _outputs(self, logits: torch.Tensor, single: bool) -> dict[str, torch.Tensor]:
         # logits: (B, N, 3) for click, finish, like
-        out = {"score": logits @ self.score_w}
+        # a weighted sum rather than `logits @ w`: Core ML's matmul rejects a 1-D right operand
+        out = {"score": (logits * self.score_w).sum(-1)}
         for j, t in enumerate(TASKS):
             out[f"p_{t}"] = torch.sigmoid(logits[..., j])
         out["logits"] = logits

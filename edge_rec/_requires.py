@@ -18,6 +18,11 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "torch_pruning": ("train", "torch-pruning"),
     "onnx": ("export", "onnx"),
     "onnxruntime": ("export", "onnxruntime"),
+    "onnxscript": ("export", "onnxscript"),
+    "nncf": ("export", "nncf"),
+    "litert_torch": ("export", "litert-torch"),
+    "ai_edge_quantizer": ("export", "ai-edge-quantizer"),
+    "executorch": ("export", "executorch"),
     "coremltools": ("coreml", "coremltools"),
     "ai_edge_litert": ("tflite", "ai-edge-litert"),
 }

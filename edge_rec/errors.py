@@ -21,6 +21,14 @@ class MissingDependencyError(EdgeRecError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+class BundleError(EdgeRecError):
+    """An edge bundle is missing, malformed, tampered with, or does not match what the runtime expects."""
+
+
+class ExportError(EdgeRecError):
+    """A model could not be converted to a format; the message names the op or construct and why."""
+
+
 class GateError(EdgeRecError):
     """A quality, parity or budget gate failed. The CLI maps it to exit code 1."""
 
