@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,dev
+EXTRAS ?= train,export,dev
 PRESET ?= default
 RUN ?= runs/$(PRESET)
 

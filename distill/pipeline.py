@@ -2,7 +2,7 @@
 
 Stages run in order and the report says which ran. Today: ``world`` (or a given dataset),
 ``baselines`` and ``train-teacher`` (teacher, fusion baselines, contrastive ablation); distillation
-(#4), export (#5) and bench (#7) join the list as they land, under the report keys of DESIGN.md.
+(#4), export (#5); bench (#7) joins the list when it lands, under the report keys of DESIGN.md.
 """
 
 from __future__ import annotations
@@ -22,9 +22,14 @@ from edge_rec.distill.world import generate_world, world_config
 
 STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
 PENDING = {
-    "export": "not implemented yet (issue #5)",
     "bench": "not implemented yet (issue #7)",
 }
+EXPORT_FORMATS = ("onnx", "tflite", "coreml", "executorch")
+EXPORT_PRECISIONS = ("fp32", "int8")
+
+
+EXPORT_ROW_KEYS = ("ok", "error", "size_bytes", "size_ratio_vs_fp32", "spearman", "kendall", "top10_overlap",
+                   "max_abs_err", "sqnr_db", "ndcg@10", "ndcg_retained", "parity_skipped")
 
 
 def dataset_summary(ds: Dataset) -> dict[str, Any]:
@@ -87,6 +92,17 @@ def run_pipeline(
     mods = dstage["modalities"]
     stages["distill"] = (f"ran: student_label_only, student_kd, leave-one-out modality importance, "
                          f"pruned {mods['pruned']}, structural pruning + KD fine-tune -> {run / 'student'}")
+
+    from edge_rec.export.stage import export_bundle
+
+    t0 = time.perf_counter()
+    ereport = export_bundle(run / "student", ds, run / "bundle", formats=EXPORT_FORMATS, precisions=EXPORT_PRECISIONS,
+                            overwrite=True, progress=progress)
+    timings["export"] = time.perf_counter() - t0
+    fails = ereport["gate_failures"]
+    stages["export"] = (f"ran: {', '.join(EXPORT_FORMATS)} x {', '.join(EXPORT_PRECISIONS)}, verified in each runtime "
+                        f"on {ereport['parity_requests']} validation requests -> {run / 'bundle'} (+ .zip); "
+                        + (f"{len(fails)} gate failure(s)" if fails else "all gates passed"))
     stages.update(PENDING)
 
     planted = ds.meta.get("planted", {})
@@ -100,6 +116,10 @@ def run_pipeline(
                        "planted_noise": planted.get("noise_modality"), "budget": mods["budget"],
                        "measured_on": mods["measured_on"]},
         "student": dstage["student"],
+        "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
+                    for f, rows in ereport["exports"].items()},
+        "export_gate_failures": ereport["gate_failures"],
+        "bundle": {k: ereport["bundle"][k] for k in ("path", "zip", "files", "manifest_sha256")},
         "teacher": stage["teacher"],
         "stages": stages,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
@@ -168,6 +188,20 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                   f"heads {sp['num_heads'][0]}→{sp['num_heads'][1]}, head MLP {sp['head_hidden'][0]}→{sp['head_hidden'][1]}; "
                   f"{sp['params_before']} → {sp['params_after']} parameters (target {sp['target_params']}, "
                   f"{'reached' if sp['target_reached'] else 'not reached'}).", ""]
+    if report.get("exports"):
+        lines += ["## Exports (validation requests, each in its own runtime, against PyTorch fp32)", "",
+                  "| format | precision | ok | size KB | × fp32 size | Spearman | Kendall | top-10 overlap | max abs err | NDCG@10 retained |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for f, rows in report["exports"].items():
+            for p, r in rows.items():
+                size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") else "–"
+                note = " (parity: macOS only)" if r.get("parity_skipped") else ""
+                lines.append(f"| {f} | {p} | {'yes' if r['ok'] else 'no: ' + str(r['error'])[:60]}{note} | {size} | "
+                             f"{_fmt(r.get('size_ratio_vs_fp32'))} | {_fmt(r.get('spearman'))} | {_fmt(r.get('kendall'))} | "
+                             f"{_fmt(r.get('top10_overlap'))} | {_fmt(r.get('max_abs_err'))} | {_fmt(r.get('ndcg_retained'))} |")
+        fails = report.get("export_gate_failures") or []
+        lines += ["", f"Gates: {'all passed' if not fails else '; '.join(fails)}. Bundle: `{report['bundle']['path']}` "
+                      f"({report['bundle']['files']} files, manifest sha256 `{report['bundle']['manifest_sha256'][:16]}…`).", ""]
     lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]
     lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
     return "\n".join(lines)

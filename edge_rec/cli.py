@@ -165,6 +165,59 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(v: str) -> list[str]:
+    return [x.strip() for x in v.split(",") if x.strip()]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edge_rec.errors import GateError
+    from edge_rec.export.stage import Gates, export_bundle
+
+    gates = Gates.from_cli(min_ndcg_retained=args.min_ndcg_retained, max_size_kb=args.max_size_kb,
+                           min_spearman=args.min_spearman)
+    report = export_bundle(args.student, args.data, args.out, formats=_csv(args.formats), precisions=_csv(args.quant),
+                           buckets=[int(b) for b in _csv(args.buckets)], parity_requests=args.parity_requests,
+                           gates=gates, int8_mode=args.int8_mode, coreml_flexible=args.coreml_flexible,
+                           overwrite=args.overwrite)
+    print(f"{'format':<11}{'prec':<6}{'ok':<4}{'size KB':>9}{'ratio':>7}{'spearman':>10}{'top10':>7}{'ndcg ret.':>10}  note")
+    for f, rows in report["exports"].items():
+        for p, r in rows.items():
+            if r.get("skipped"):
+                continue
+            size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") else "–"
+            ratio = f"{r['size_ratio_vs_fp32']:.2f}" if r.get("size_ratio_vs_fp32") else "–"
+            note = "parity: macOS only" if r.get("parity_skipped") else (r["error"] or "")[:70]
+            print(f"{f:<11}{p:<6}{'yes' if r['ok'] else 'NO':<4}{size:>9}{ratio:>7}{_num(r.get('spearman')):>10}"
+                  f"{_num(r.get('top10_overlap')):>7}{_num(r.get('ndcg_retained')):>10}  {note}")
+    b = report["bundle"]
+    print(f"bundle: {b['path']} ({b['files']} files), zip: {b['zip']}; report: {Path(b['path']) / 'export_report.json'}")
+    if report["gate_failures"]:
+        raise GateError(f"{len(report['gate_failures'])} export gate(s) failed:\n  " + "\n  ".join(report["gate_failures"]))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import tempfile
+    import zipfile
+
+    from edge_rec.bundle import check_golden, extract_bundle, verify_bundle
+    from edge_rec.errors import GateError
+
+    src = Path(args.bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = extract_bundle(src, Path(tmp) / "bundle") if src.is_file() and zipfile.is_zipfile(src) else src
+        manifest = verify_bundle(root)
+        out: dict[str, Any] = {"bundle": str(src), "schema_version": manifest["schema_version"],
+                               "files_verified": len(manifest["files"]), "artifacts": len(manifest["artifacts"])}
+        if not args.no_golden:
+            out["golden"] = check_golden(root, manifest, formats=_csv(args.formats) if args.formats else None)
+    _print(out)
+    bad = [k for k, v in out.get("golden", {}).items() if v.get("ok") is False]
+    if bad:
+        raise GateError(f"golden outputs differ for {', '.join(bad)} (see above).")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from edge_rec import __version__
@@ -232,6 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(ds_, TrainConfig, "train", exclude=("listwise_weight", "contrastive_weight",
                                                         "contrastive_temperature", "hist_len"))
     ds_.set_defaults(func=cmd_distill)
+
+    ex = sub.add_parser("export", help="quantize + export the student, verify each format in its runtime, write the "
+                                       "edge bundle; exit 1 when a gate fails")
+    ex.add_argument("--student", required=True, help="folder written by distill")
+    ex.add_argument("--data", required=True, help="the dataset the student was trained on (verification requests)")
+    ex.add_argument("--out", required=True, help="bundle folder to write (BUNDLE.zip is written next to it)")
+    ex.add_argument("--formats", default="onnx,tflite,coreml,executorch",
+                    help="comma-separated: onnx (+ .ort), tflite, coreml, executorch")
+    ex.add_argument("--quant", default="fp32,int8", help="comma-separated precisions: fp32, fp16, int8")
+    ex.add_argument("--int8-mode", default="dynamic", choices=["dynamic", "nncf"],
+                    help="ONNX int8: onnxruntime quantize_dynamic (default) or NNCF post-training quantization")
+    ex.add_argument("--buckets", default="16,64,256", help="candidate counts of the fixed-shape formats")
+    ex.add_argument("--coreml-flexible", action="store_true", help="one Core ML model with a range of N instead of buckets")
+    ex.add_argument("--parity-requests", type=int, default=1000, help="validation requests run through each export")
+    ex.add_argument("--max-size-kb", type=float, help="gate: largest allowed model size per format/precision")
+    ex.add_argument("--min-ndcg-retained", type=float, help="gate: NDCG@10 of each export / PyTorch's (default 0.995 int8)")
+    ex.add_argument("--min-spearman", type=float, help="gate: mean per-list Spearman (default 0.9999 fp32, 0.99 int8)")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("verify", help="verify a bundle (folder or .zip): schema, checksums, golden outputs per engine")
+    v.add_argument("bundle")
+    v.add_argument("--formats", help="only these formats' golden checks (comma-separated)")
+    v.add_argument("--no-golden", action="store_true", help="checksums and schema only")
+    v.set_defaults(func=cmd_verify)
 
     pl = sub.add_parser("pipeline", help="run every available stage and write report.json / report.md")
     pl.add_argument("--preset", default="default", choices=["tiny", "default", "large"])

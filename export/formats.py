@@ -33,6 +33,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+# LiteRT's converter logs from C++ straight to stderr; keep the CLI's output to what matters
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "2")
+
 from edge_rec._requires import requires
 from edge_rec.errors import ConfigError, ExportError
 from edge_rec.distill.features import OUTPUT_NAMES
@@ -120,7 +124,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _op_from_error(exc: BaseException) -> str | None:
     """The op or construct named in a converter's error, when it names one."""
-    for pat in (r"converting '([\w.:]+)' op", r"[Uu]nsupported (?:op|operator)[^'\"]*['\"]([\w.:]+)['\"]",
+    for pat in (r"[Uu]nsupported fx node ([\w.:]+)", r"Exporting the operator '([\w.:]+)'", r"converting '([\w.:]+)' op", r"[Uu]nsupported (?:op|operator)[^'\"]*['\"]([\w.:]+)['\"]",
                 r"aten[.:]+[\w.]+", r"op[_ ]type[=: ]+['\"]?([\w.]+)"):
         m = re.search(pat, str(exc))
         if m:
@@ -208,9 +212,13 @@ class OnnxExporter:
         if not ctx.calibration:
             raise ConfigError("NNCF int8 needs calibration requests; none were given.")
         names = ctx.input_names
+        # SmoothQuant is off: it fails on a weight shared by two MatMuls (the student's modality
+        # projections serve candidates and history alike) and the activations here have no outliers.
+        adv = nncf.AdvancedQuantizationParameters(smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1))
         with _quiet():
             q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(ctx.calibration, lambda r: {k: r[k] for k in names}),
-                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(ctx.calibration))
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(ctx.calibration),
+                              advanced_parameters=adv)
         onnx.save(q, str(out))
 
 

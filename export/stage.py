@@ -196,11 +196,14 @@ def _size(paths: Sequence[Path]) -> int:
 def export_bundle(
     student_dir: str | Path, data: str | Path | Dataset, out: str | Path, *,
     formats: Sequence[str] = tuple(REGISTRY), precisions: Sequence[str] = ("fp32", "int8"),
-    buckets: Sequence[int] = DEFAULT_BUCKETS, parity_requests: int = 200, split: str = "val",
+    buckets: Sequence[int] = DEFAULT_BUCKETS, parity_requests: int = 1000, split: str = "val",
     gates: Gates | None = None, int8_mode: str = "dynamic", coreml_flexible: bool = False,
-    overwrite: bool = False, progress: bool = True,
+    overwrite: bool = False, progress: bool = True, model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Export the student in ``student_dir`` and write the bundle folder ``out`` and ``out.zip``.
+
+    ``model`` exports a network in memory instead of the saved weights (same I/O contract and config as
+    the student in ``student_dir``, e.g. a variant being tried before it is saved).
 
     Returns the export report (also ``out/export_report.json``): ``exports{fmt{precision{...}}}``,
     ``gate_failures`` (empty when every gate passed), ``bundle{path, zip, files, manifest_sha256}``.
@@ -225,7 +228,8 @@ def export_bundle(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; pass --overwrite or choose another --out.")
 
-    model, meta = load_student(student_dir)
+    loaded, meta = load_student(student_dir)
+    model = (model or loaded).eval()
     ds = data if isinstance(data, Dataset) else Dataset.load(data)
     kept = list(meta["kept_modalities"])
     missing = [m for m in kept if m not in ds.modalities]

@@ -19,3 +19,13 @@ def tiny_world():
 @pytest.fixture(scope="session")
 def tiny_world_dir(tiny_world, tmp_path_factory) -> Path:
     return tiny_world.save(tmp_path_factory.mktemp("world") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """`edge-rec pipeline --preset tiny` once per session: world, baselines, teacher, student, bundle."""
+    from edge_rec.cli import main
+
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 0
+    return run

@@ -50,9 +50,8 @@ def test_input_errors_exit_2_without_traceback(tmp_path, capsys):
     assert main(["no-such-command"]) == 2
 
 
-def test_pipeline_tiny_writes_the_report(tmp_path):
-    run = tmp_path / "run"
-    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 0
+def test_pipeline_tiny_writes_the_report(tiny_run):
+    run = tiny_run
     rep = json.loads((run / "report.json").read_text())
     assert rep["preset"] == "tiny" and rep["seed"] == 0
     assert {"users", "items", "interactions", "modalities", "cold_items"} <= set(rep["dataset"])
@@ -60,7 +59,13 @@ def test_pipeline_tiny_writes_the_report(tmp_path):
     assert rep["stages"]["world"].startswith("ran") and rep["stages"]["baselines"].startswith("ran")
     assert rep["stages"]["train-teacher"].startswith("ran")
     assert rep["stages"]["distill"].startswith("ran")
-    assert "not implemented yet" in rep["stages"]["export"]
+    assert rep["stages"]["export"].startswith("ran")
+    for fmt in ("onnx", "tflite", "coreml", "executorch"):
+        for prec in ("fp32", "int8"):
+            assert rep["exports"][fmt][prec]["ok"], (fmt, prec, rep["exports"][fmt][prec]["error"])
+    assert rep["export_gate_failures"] == []
+    assert rep["bundle"]["files"] > 10 and len(rep["bundle"]["manifest_sha256"]) == 64
+    assert "| executorch | int8 |" in (run / "report.md").read_text()
     for name in ("early_fusion", "late_fusion", "teacher", "student_label_only", "student_kd", "student"):
         assert MODEL_KEYS <= set(rep["models"][name]), name
     assert rep["teacher"]["throughput"]["samples_per_s"] > 0
@@ -70,8 +75,7 @@ def test_pipeline_tiny_writes_the_report(tmp_path):
     assert mods["planted_noise"] == "motion"
     assert "| id_only |" in (run / "report.md").read_text()
     assert (run / "models.png").stat().st_size > 1000
-    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2
-    assert main(["pipeline", "--preset", "tiny", "--out", str(run), "--overwrite"]) == 0
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2     # never overwrites silently
 
 
 @pytest.mark.slow
@@ -104,7 +108,7 @@ def test_pipeline_default_preset(tmp_path):
 
 
 def test_runtime_package_does_not_import_torch():
-    code = ("import sys, edge_rec, edge_rec.metrics, edge_rec.cli, edge_rec.errors; "
+    code = ("import sys, edge_rec, edge_rec.metrics, edge_rec.cli, edge_rec.errors, edge_rec.bundle, edge_rec.engines; "
             "edge_rec.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -1,0 +1,237 @@
+"""Export, parity and the edge bundle, on the tiny pipeline's real student and real converters/runtimes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+from edge_rec.bundle import check_golden, extract_bundle, load_schema, verify_bundle, write_zip
+from edge_rec.cli import main
+from edge_rec.engines import Bucketed, open_engine, pad_candidates
+from edge_rec.errors import BundleError, ConfigError
+
+FORMATS = ("onnx", "tflite", "coreml", "executorch")
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run: Path) -> Path:
+    return tiny_run / "bundle"
+
+
+@pytest.fixture(scope="module")
+def manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def test_every_format_exports_and_passes_parity(tiny_run, manifest):
+    rep = json.loads((tiny_run / "bundle" / "export_report.json").read_text())
+    assert rep["gate_failures"] == [] and rep["ok"]
+    for fmt in FORMATS:
+        for prec in ("fp32", "int8"):
+            row = rep["exports"][fmt][prec]
+            assert row["ok"], (fmt, prec, row["error"])
+            assert row["size_bytes"] > 0
+            if fmt == "coreml":                      # Linux: spec + MIL checks only, marked as such
+                assert "macOS" in row["parity_skipped"] and row["compat"]["mil_ops"]
+                continue
+            bar = 0.9999 if prec == "fp32" else 0.99
+            assert row["spearman"] >= bar and row["ndcg_retained"] >= 0.995, (fmt, prec)
+            assert row["padding"]["ok"] and row["padding"]["variants"] >= 2
+            if prec == "fp32":
+                assert row["max_abs_err"] < 1e-4 and row["top10_overlap"] == 1.0
+    assert rep["exports"]["tflite"]["fp32"]["compat"]["builtin_only"]
+    assert rep["exports"]["executorch"]["fp32"]["compat"]["delegate_calls"] >= 1
+    assert rep["exports"]["onnx"]["int8"]["ort"]["ok"]
+    # the parity numbers travel in the manifest too
+    assert manifest["parity"]["onnx"]["int8"]["passed"] is True
+
+
+def test_manifest_is_valid_and_complete(bundle, manifest):
+    jsonschema.Draft202012Validator(load_schema()).validate(manifest)
+    assert verify_bundle(bundle)["schema_version"] == manifest["schema_version"]
+    kept = manifest["modalities"]["kept"]
+    assert kept and set(kept).isdisjoint(manifest["modalities"]["pruned"])
+    names = [t["name"] for t in manifest["signature"]["inputs"]]
+    assert names[:2] == [f"cand_{kept[0]}", f"cand_mask_{kept[0]}"] and names[-1] == "context"
+    assert {a["format"] for a in manifest["artifacts"]} == set(FORMATS) | {"ort"}
+    tfl = [a["bucket"] for a in manifest["artifacts"] if a["format"] == "tflite" and a["precision"] == "fp32"]
+    assert sorted(tfl) == manifest["signature"]["buckets"] == [16, 64, 256]
+    assert manifest["features"]["cand_dense"]["duration"]["std"] > 0
+    assert manifest["training"]["student_config"]["d_model"] > 0
+    listed = {f["path"] for f in manifest["files"]}
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert listed == on_disk
+
+
+def test_one_changed_byte_fails_verification_naming_the_file(bundle, tmp_path, capsys):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    target = copy / "models" / "student.int8.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"models/student\.int8\.onnx: sha256"):
+        verify_bundle(copy)
+    assert main(["verify", str(copy), "--no-golden"]) == 2
+    assert "student.int8.onnx" in capsys.readouterr().err
+    (copy / "models" / "student.int8.onnx").unlink()
+    (copy / "models" / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError) as e:
+        verify_bundle(copy)
+    assert "student.int8.onnx: missing" in str(e.value) and "extra.onnx: not listed" in str(e.value)
+
+
+def test_zip_round_trip_and_escaping_paths_are_refused(bundle, tmp_path):
+    z = write_zip(bundle, tmp_path / "b.zip")
+    out = extract_bundle(z, tmp_path / "x")
+    assert verify_bundle(out)
+    assert main(["verify", str(z), "--no-golden"]) == 0
+    for name in ("../evil.txt", "/abs.txt", "models/../../evil.txt"):
+        bad = tmp_path / "bad.zip"
+        with zipfile.ZipFile(bad, "w") as zf:
+            zf.writestr("manifest.json", "{}")
+            zf.writestr(name, "boom")
+        with pytest.raises(BundleError, match="unsafe"):
+            extract_bundle(bad, tmp_path / "y")
+        assert not (tmp_path / "y").exists() and not (tmp_path / "evil.txt").exists()
+    link = tmp_path / "link.zip"
+    with zipfile.ZipFile(link, "w") as zf:
+        info = zipfile.ZipInfo("models/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(BundleError, match="symbolic link"):
+        extract_bundle(link, tmp_path / "z")
+
+
+def test_golden_outputs_match_every_engine_here(bundle, manifest):
+    res = check_golden(bundle, manifest)
+    for key, r in res.items():
+        if key.startswith("coreml/"):
+            assert "macOS" in r["skipped"]
+            continue
+        assert r["ok"], (key, r)
+        assert r["max_abs_err_vs_recorded"] <= 1e-5
+    golden = json.loads((bundle / "golden.json").read_text())
+    names = [c["name"] for c in golden["cases"]]
+    assert any("first5" in n for n in names) and any("missing" in n for n in names)
+    case = golden["cases"][1]
+    assert case["inputs"]["cand_dense"]["shape"][0] == 5 == len(case["reference"]["score"]["data"])
+
+
+def test_padding_and_chunking_do_not_change_real_scores(bundle, manifest):
+    """Bucketed LiteRT (16/64/256, chunked beyond 256) against dynamic-N ONNX Runtime, same inputs."""
+    golden = json.loads((bundle / "golden.json").read_text())
+    x = {k: np.asarray(v["data"], np.float32).reshape(v["shape"]) for k, v in golden["cases"][0]["inputs"].items()}
+    rng = np.random.default_rng(0)
+    big = {k: (v[rng.integers(0, len(v), 300)] if k.startswith("cand_") else v) for k, v in x.items()}
+    tfl = Bucketed({a["bucket"]: open_engine("tflite", bundle / a["path"]) for a in manifest["artifacts"]
+                    if a["format"] == "tflite" and a["precision"] == "fp32"})
+    onnx = open_engine("onnx", bundle / "models" / "student.fp32.onnx")
+    want = onnx.run(big)["score"]
+    assert np.abs(tfl.run(big)["score"] - want).max() <= 1e-5                 # 300 = 256 + a padded 64
+    perm = rng.permutation(300)
+    shuffled = {k: (v[perm] if k.startswith("cand_") else v) for k, v in big.items()}
+    assert np.abs(tfl.run(shuffled)["score"] - want[perm]).max() <= 1e-5
+    three = {k: (v[:3] if k.startswith("cand_") else v) for k, v in big.items()}
+    assert np.abs(tfl.run(three)["score"] - want[:3]).max() <= 1e-5
+    assert pad_candidates(three, 16)["cand_dense"].shape[0] == 16
+
+
+def test_impossible_gate_exits_1_listing_every_failure(tiny_run, tmp_path, capsys):
+    code = main(["export", "--student", str(tiny_run / "student"), "--data", str(tiny_run / "data"),
+                 "--out", str(tmp_path / "b"), "--formats", "onnx", "--quant", "fp32,int8",
+                 "--min-ndcg-retained", "1.5", "--max-size-kb", "1", "--parity-requests", "30"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "4 export gate(s) failed" in err
+    for tag in ("onnx/fp32: NDCG@10 retained", "onnx/int8: NDCG@10 retained", "onnx/fp32: size", "onnx/int8: size"):
+        assert tag in err
+    # the bundle and its report are still written, whole, for the CI log
+    assert verify_bundle(tmp_path / "b") and (tmp_path / "b.zip").is_file()
+
+
+def test_unknown_format_lists_the_known_ones(tiny_run, tmp_path, capsys):
+    code = main(["export", "--student", str(tiny_run / "student"), "--data", str(tiny_run / "data"),
+                 "--out", str(tmp_path / "b"), "--formats", "onnx,tensorrt"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "tensorrt" in err and "onnx, tflite, coreml, executorch" in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_failing_format_is_reported_with_its_op_and_the_others_still_export(tiny_run, tmp_path):
+    """A student variant with an op Core ML cannot convert (bucketize): Core ML fails naming it, ONNX
+    exports and verifies, and the bundle holds only what converted."""
+    from edge_rec.distill.distill_stage import load_student
+    from edge_rec.export.stage import export_bundle
+
+    student, _ = load_student(tiny_run / "student")
+
+    class Bucketized(type(student)):
+        def forward(self, **inputs):
+            out = super().forward(**inputs)
+            tier = torch.bucketize(inputs["cand_dense"][..., 0], torch.tensor([-1.0, 0.0, 1.0])).float()
+            out["score"] = out["score"] + 1e-3 * tier
+            return out
+
+    variant = Bucketized(student.config)
+    variant.load_state_dict(student.state_dict())
+    rep = export_bundle(tiny_run / "student", tiny_run / "data", tmp_path / "b", formats=["coreml", "onnx"],
+                        precisions=["fp32"], parity_requests=20, progress=False, model=variant)
+    cm = rep["exports"]["coreml"]["fp32"]
+    assert not cm["ok"] and "bucketize" in cm["error"] and "coreml/fp32" in cm["error"]
+    assert rep["exports"]["onnx"]["fp32"]["ok"] and rep["exports"]["onnx"]["fp32"]["spearman"] > 0.9999
+    assert rep["gate_failures"] == [cm["error"]]
+    m = verify_bundle(tmp_path / "b")
+    assert {a["format"] for a in m["artifacts"]} == {"onnx", "ort"}
+    assert not list((tmp_path / "b" / "models").glob("*.mlpackage"))
+
+
+def test_bad_export_arguments_are_typed_errors(tiny_run, tmp_path):
+    from edge_rec.export.stage import export_bundle
+
+    with pytest.raises(ConfigError, match="precision"):
+        export_bundle(tiny_run / "student", tiny_run / "data", tmp_path / "b", precisions=["int4"], progress=False)
+    with pytest.raises(ConfigError, match="int8 mode"):
+        export_bundle(tiny_run / "student", tiny_run / "data", tmp_path / "b", int8_mode="magic", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_nncf_int8_and_fp16_onnx(tiny_run, tmp_path):
+    from edge_rec.export.stage import export_bundle
+
+    rep = export_bundle(tiny_run / "student", tiny_run / "data", tmp_path / "b", formats=["onnx"],
+                        precisions=["fp16", "int8"], int8_mode="nncf", parity_requests=30, progress=False)
+    for prec in ("fp16", "int8"):
+        row = rep["exports"]["onnx"][prec]
+        assert row["ok"], row["error"]
+        assert row["spearman"] >= 0.99 and row["ort"]["ok"]
+    assert rep["exports"]["onnx"]["int8"]["compat"]["int8_mode"] == "nncf"
+
+
+def test_example_ci_workflow_uses_real_commands():
+    """The example workflow's edge-rec command lines parse with today's CLI (no stale flags)."""
+    import shlex
+
+    import yaml
+
+    from edge_rec.cli import build_parser
+
+    wf = yaml.safe_load((Path(__file__).parents[1] / "examples" / "ci" / "export-gate.yml").read_text())
+    runs = [s["run"] for s in wf["jobs"]["export"]["steps"] if "run" in s]
+    cmds = []
+    for block in runs:
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith(".venv/bin/edge-rec"):
+                cmds.append(shlex.split(line.replace("$STUDENT", "s").replace("$DATA", "d"))[1:])
+    assert [c[0] for c in cmds] == ["pipeline", "export", "verify"]
+    for c in cmds:
+        build_parser().parse_args(c)
