@@ -103,6 +103,22 @@ def run_pipeline(
     stages["export"] = (f"ran: {', '.join(EXPORT_FORMATS)} x {', '.join(EXPORT_PRECISIONS)}, verified in each runtime "
                         f"on {ereport['parity_requests']} validation requests -> {run / 'bundle'} (+ .zip); "
                         + (f"{len(fails)} gate failure(s)" if fails else "all gates passed"))
+    from edge_rec.distill.feed import request_feed
+
+    test = ds.split_index("test")
+    pick = next((int(r) for r in test if ds.requests["click"][r].sum() > 0 and (ds.requests["cand"][r] >= 0).sum() >= 16),
+                int(test[0]))
+    write_json(run / "sample_feed.json", request_feed(ds, pick))
+    drift = None
+    if (run / "data" / "planted.safetensors").is_file() and ds.meta.get("planted", {}).get("drift_events"):
+        from edge_rec.distill.drift import drift_replay, planted_topics
+
+        t0 = time.perf_counter()
+        drift = drift_replay(ds, run / "bundle", planted_topics(run / "data"), n_users=50)
+        write_json(run / "drift.json", drift)
+        timings["drift"] = time.perf_counter() - t0
+        stages["drift"] = (f"ran: {drift['users']} planted interest switches replayed through the bundle -> "
+                           f"{run / 'drift.json'}")
     stages.update(PENDING)
 
     planted = ds.meta.get("planted", {})
@@ -119,6 +135,7 @@ def run_pipeline(
         "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
                     for f, rows in ereport["exports"].items()},
         "export_gate_failures": ereport["gate_failures"],
+        "drift": None if drift is None else {k: v for k, v in drift.items() if k != "rows"},
         "bundle": {k: ereport["bundle"][k] for k in ("path", "zip", "files", "manifest_sha256")},
         "teacher": stage["teacher"],
         "stages": stages,
@@ -202,6 +219,15 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
         fails = report.get("export_gate_failures") or []
         lines += ["", f"Gates: {'all passed' if not fails else '; '.join(fails)}. Bundle: `{report['bundle']['path']}` "
                       f"({report['bundle']['files']} files, manifest sha256 `{report['bundle']['manifest_sha256'][:16]}…`).", ""]
+    dr = report.get("drift")
+    if dr and "with_updates" in dr:
+        w, wo = dr["with_updates"], dr["without_updates"]
+        lines += ["## Interest drift (on-device history)", "",
+                  f"{dr['users']} planted interest switches replayed through the bundle ({dr['engine']}): swipes until "
+                  f"the new interest holds the top 3 (cap {dr['max_swipes']}).", "",
+                  "| history | median swipes | mean swipes | reached within cap |", "|---|---|---|---|",
+                  f"| updated on the device | {w['median_swipes']:.0f} | {w['mean_swipes']:.1f} | {w['reached_top3']:.0%} |",
+                  f"| frozen at the switch | {wo['median_swipes']:.0f} | {wo['mean_swipes']:.1f} | {wo['reached_top3']:.0%} |", ""]
     lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]
     lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
     return "\n".join(lines)

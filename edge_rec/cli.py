@@ -218,6 +218,52 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from edge_rec.errors import DataError
+    from edge_rec.policy import PostRankPolicy
+    from edge_rec.runtime import Reranker, _event
+    from edge_rec.state import UserState
+
+    try:
+        feed = json.loads(Path(args.feed).read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"feed file {args.feed} not found.") from exc
+    except ValueError as exc:
+        raise DataError(f"{args.feed} is not valid JSON ({exc}).") from exc
+    if not isinstance(feed, dict) or not isinstance(feed.get("candidates"), list):
+        raise DataError(f"{args.feed}: a feed is a JSON object with a 'candidates' list (see `edge-rec rerank --help`).")
+    rr = Reranker.open(args.bundle, backend=args.backend, threads=args.threads, precision=args.precision,
+                       policy=PostRankPolicy(enabled=not args.no_policy))
+    context = {"now": feed.get("now"), "history": feed.get("history", []), "history_total": feed.get("history_total")}
+    context = {k: v for k, v in context.items() if v is not None}
+    state = None
+    if args.state:
+        state = UserState(args.state)
+        if args.record_history and feed.get("history"):
+            state.record_many(_event(e) for e in feed["history"])
+    try:
+        ranked = rr.rerank(feed["candidates"], context=context, k=args.k, explain=args.explain, state=state)
+    finally:
+        if state is not None:
+            state.close()
+    _print({"bundle": str(args.bundle), "engine": rr.engine.name, "format": rr.format, "precision": rr.precision,
+            "candidates": len(feed["candidates"]), "ranked": ranked})
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from edge_rec.distill.dataset import Dataset, write_json
+    from edge_rec.distill.drift import drift_replay, planted_topics
+
+    ds = Dataset.load(args.data)
+    rep = drift_replay(ds, args.bundle, planted_topics(args.data), n_users=args.users, max_swipes=args.max_swipes,
+                       seed=args.seed)
+    write_json(args.out, rep)
+    _print({k: v for k, v in rep.items() if k != "rows"})
+    print(f"report: {args.out}")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from edge_rec import __version__
@@ -310,6 +356,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--formats", help="only these formats' golden checks (comma-separated)")
     v.add_argument("--no-golden", action="store_true", help="checksums and schema only")
     v.set_defaults(func=cmd_verify)
+
+    rr = sub.add_parser("rerank", help="rerank a feed JSON with a bundle (the phone-side runtime); prints JSON")
+    rr.add_argument("--bundle", required=True)
+    rr.add_argument("--feed", required=True, help="feed JSON (the pipeline writes RUN/sample_feed.json)")
+    rr.add_argument("--state", help="SQLite behaviour store: history comes from it instead of the feed")
+    rr.add_argument("--record-history", action="store_true", help="first append the feed's history events to --state")
+    rr.add_argument("--k", type=int, help="return the top k (default: all)")
+    rr.add_argument("--explain", action="store_true", help="per-candidate modality attribution")
+    rr.add_argument("--backend", default="auto", help="auto, ort, onnx, tflite, coreml or executorch")
+    rr.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: int8 where it passed its gates")
+    rr.add_argument("--threads", type=int, default=1)
+    rr.add_argument("--no-policy", action="store_true", help="the model's order, without the post-ranking policy")
+    rr.set_defaults(func=cmd_rerank)
+
+    dr = sub.add_parser("drift", help="replay the world's planted interest switches through a bundle: swipes until "
+                                      "the new interest holds the top 3, with and without on-device history updates")
+    dr.add_argument("--data", required=True, help="a synthetic world folder (it holds the planted truth)")
+    dr.add_argument("--bundle", required=True)
+    dr.add_argument("--out", required=True, help="JSON report to write")
+    dr.add_argument("--users", type=int, default=50)
+    dr.add_argument("--max-swipes", type=int, default=30)
+    dr.add_argument("--seed", type=int, default=0)
+    dr.set_defaults(func=cmd_drift)
 
     pl = sub.add_parser("pipeline", help="run every available stage and write report.json / report.md")
     pl.add_argument("--preset", default="default", choices=["tiny", "default", "large"])

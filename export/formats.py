@@ -428,12 +428,20 @@ class ExecuTorchExporter:
         out.write_bytes(prog.buffer)
         graph = edge.exported_program().graph
         calls = sum(1 for nd in graph.nodes if nd.op == "call_function" and "call_delegate" in str(nd.target))
-        left = sorted({str(nd.target).split(".")[-2] if "." in str(nd.target) else str(nd.target)
-                       for nd in graph.nodes if nd.op == "call_function"
+        left = sorted({_target_name(nd.target) for nd in graph.nodes if nd.op == "call_function"
                        and "call_delegate" not in str(nd.target) and "getitem" not in str(nd.target)})
         compat = {"delegate": "XnnpackBackend", "delegate_calls": calls, "ops_outside_delegate": left,
                   "dynamic_n": [1, MAX_N]}
         return [Artifact("executorch", precision, out, None, "executorch")], compat
+
+
+def _target_name(target: Any) -> str:
+    """'aten.mean.dim' -> 'mean'; plain functions by name (never their memory address)."""
+    text = str(target)
+    if text.startswith("<"):
+        return getattr(target, "__name__", type(target).__name__)
+    parts = text.split(".")
+    return parts[-2] if len(parts) >= 2 else text
 
 
 REGISTRY: dict[str, Callable[[], Exporter]] = {

@@ -105,6 +105,14 @@ def test_pipeline_default_preset(tmp_path):
     for name in ("student_label_only", "student_kd", "student"):
         assert m[name]["params"] < t["params"] / 5 and m[name]["ndcg@10"] > ido["ndcg@10"], name
     assert set(rep["modalities"]["kept"]) >= {"visual"}
+    # issue #5: every format and precision exports and passes its parity gates in its own runtime
+    assert rep["export_gate_failures"] == []
+    for fmt in ("onnx", "tflite", "coreml", "executorch"):
+        for prec in ("fp32", "int8"):
+            assert rep["exports"][fmt][prec]["ok"], (fmt, prec)
+    for fmt in ("tflite", "coreml", "executorch"):
+        assert rep["exports"][fmt]["int8"]["size_ratio_vs_fp32"] < 0.8, fmt
+    assert (run / "bundle.zip").is_file()
 
 
 def test_runtime_package_does_not_import_torch():

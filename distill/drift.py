@@ -1,0 +1,115 @@
+"""Interest-drift replay: how many swipes until the feed follows a viewer whose taste just changed.
+
+The synthetic world plants, for some users, a switch of main topic at a known time (``meta.json``
+``planted.drift_events``). For each such user the harness starts at the switch with the user's real
+history before it and a pool of candidates (a quarter from the new topic, a quarter from the old one,
+the rest from elsewhere). At every swipe the runtime reranks the pool (policy off: the model alone),
+the top item is shown and removed from the pool, and the viewer reacts as the planted truth says they
+now would: an item of the new topic is watched to the end and liked, anything else is skipped after a
+second. The measure is the number of swipes until the new topic holds the top 3.
+
+Two arms on the same users and pools: **with** on-device history updates (each reaction goes into the
+behaviour store that builds the history inputs, as the app does) and **without** (the history stays as
+it was at the switch). A viewer who never gets there within ``max_swipes`` counts as ``max_swipes``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_rec.distill.dataset import Dataset
+from edge_rec.policy import PostRankPolicy
+from edge_rec.runtime import Candidate, Reranker
+from edge_rec.state import Event
+
+
+def planted_topics(data_dir: str | Path) -> np.ndarray:
+    """``item_topic`` [I] from a synthetic world's ``planted.safetensors`` (a DataError elsewhere)."""
+    from safetensors.numpy import load_file
+
+    from edge_rec.errors import DataError
+
+    p = Path(data_dir) / "planted.safetensors"
+    if not p.is_file():
+        raise DataError(f"{p} not found: the drift replay needs a synthetic world (`edge-rec world`), whose "
+                        "planted truth says what each viewer now likes.")
+    return load_file(str(p))["item_topic"]
+
+
+def _candidate(ds: Dataset, i: int, now: float, clicks: np.ndarray) -> Candidate:
+    it = ds.items
+    return Candidate(item_id=int(it["item_id"][i]), creator_id=int(it["creator_id"][i]),
+                     duration_s=float(it["duration_s"][i]), upload_ts=float(it["upload_ts"][i]),
+                     clicks=float(clicks[i]),
+                     embeddings={m: ds.embeddings[m][i].astype(np.float32) for m in ds.embeddings if ds.present[m][i]})
+
+
+def _event(ds: Dataset, i: int, ts: float, liked: bool) -> Event:
+    dur_ms = float(ds.items["duration_s"][i]) * 1000.0
+    return Event(item_id=int(ds.items["item_id"][i]), ts=ts, watch_ms=dur_ms if liked else min(1000.0, dur_ms),
+                 duration_ms=dur_ms, finish=liked, skip=not liked, like=liked,
+                 creator_id=int(ds.items["creator_id"][i]),
+                 embeddings={m: ds.embeddings[m][i].astype(np.float32) for m in ds.embeddings if ds.present[m][i]})
+
+
+def drift_replay(ds: Dataset, bundle: str | Path, item_topic: np.ndarray, *, n_users: int = 40, pool: int = 64,
+                 max_swipes: int = 30, swipe_s: float = 20.0, seed: int = 0) -> dict[str, Any]:
+    """Run both arms; returns per-arm median / mean swipes, the share reaching the top 3, per-user rows."""
+    events = ds.meta.get("planted", {}).get("drift_events", [])
+    if not events:
+        return {"skipped": "the dataset has no planted drift events"}
+    rr = Reranker.open(bundle, policy=PostRankPolicy(enabled=False))
+    rng = np.random.default_rng(seed)
+    it = ds.interactions
+    offsets = ds.user_offsets()
+    chosen = [events[j] for j in rng.permutation(len(events))[: n_users]]
+    rows = []
+    for ev in chosen:
+        u, t0, new, old = int(ev["user"]), float(ev["ts"]), int(ev["to_topic"]), int(ev["from_topic"])
+        start = int(offsets[u])
+        end = int(offsets[u + 1]) if u + 1 < len(offsets) else len(it["item"])
+        past = [j for j in range(start, end) if it["ts"][j] < t0][-50:]
+        history = [_event(ds, int(it["item"][j]), float(it["ts"][j]), bool(it["click"][j] and not it["skip"][j]))
+                   for j in past]
+        for e, j in zip(history, past):      # real reactions, not the simulated ones
+            e.watch_ms, e.duration_ms = float(it["watch_ms"][j]), float(it["duration_ms"][j])
+            e.like, e.skip, e.finish = bool(it["like"][j]), bool(it["skip"][j]), bool(it["finish"][j])
+        new_items = np.flatnonzero(item_topic == new)
+        old_items = np.flatnonzero(item_topic == old)
+        other = np.flatnonzero((item_topic != new) & (item_topic != old))
+        q = pool // 4
+        pool_items = np.concatenate([rng.choice(new_items, min(q, len(new_items)), replace=False),
+                                     rng.choice(old_items, min(q, len(old_items)), replace=False),
+                                     rng.choice(other, pool - 2 * q, replace=False)])
+        clicks = np.bincount(it["item"][(it["click"] > 0) & (it["ts"] < t0)], minlength=ds.n_items)
+        row = {"user": u, "from_topic": old, "to_topic": new}
+        for arm in ("with_updates", "without_updates"):
+            hist = list(history)
+            left = list(pool_items)
+            swipes = max_swipes
+            for s in range(max_swipes + 1):
+                now = t0 + s * swipe_s + 1.0
+                cands = [_candidate(ds, i, now, clicks) for i in left]
+                ranked = rr.rerank(cands, context={"now": now, "history": hist, "history_total": len(hist)})
+                pos = {c.item_id: i for c, i in zip(cands, left)}
+                top = [pos[r["item_id"]] for r in ranked[:3]]
+                if all(item_topic[i] == new for i in top):
+                    swipes = s
+                    break
+                shown = top[0]
+                left.remove(shown)
+                if arm == "with_updates":
+                    hist.append(_event(ds, shown, now, liked=bool(item_topic[shown] == new)))
+            row[arm] = swipes
+        rows.append(row)
+    out: dict[str, Any] = {"users": len(rows), "pool": pool, "max_swipes": max_swipes,
+                           "engine": f"{rr.engine.name} {rr.format}/{rr.precision}"}
+    for arm in ("with_updates", "without_updates"):
+        v = np.array([r[arm] for r in rows], float)
+        out[arm] = {"median_swipes": float(np.median(v)), "mean_swipes": float(v.mean()),
+                    "reached_top3": float((v < max_swipes).mean())}
+    out["rows"] = rows
+    return out

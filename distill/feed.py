@@ -1,0 +1,56 @@
+"""A real request in the runtime's feed format (``sample_feed.json``), for ``edge-rec rerank``.
+
+Feed format (JSON)::
+
+    {"now": request time (s, UTC),
+     "candidates": [{"item_id", "creator_id", "duration_s", "upload_ts", "clicks",
+                     "embeddings": {modality: [floats] | {"int8": [...], "scale": s} | {"fp16_b64": str}}}],
+     "history": [{"item_id", "creator_id", "ts", "watch_ms", "duration_ms", "finish", "skip", "like",
+                  "share", "embeddings": {...}}],          # oldest first, events before "now"
+     "history_total": the viewer's event count before now (the history may be cut to the last few)}
+
+The server sends every modality it has; the runtime ignores those the bundle pruned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edge_rec.distill.dataset import Dataset
+
+
+def _emb(v: np.ndarray, int8: bool) -> Any:
+    if int8:
+        scale = float(np.abs(v).max() / 127.0) or 1.0
+        return {"int8": np.clip(np.round(v / scale), -127, 127).astype(int).tolist(), "scale": scale}
+    return [float(x) for x in np.asarray(v, np.float16).astype(np.float32)]
+
+
+def request_feed(ds: Dataset, r: int, history: int = 50, int8_embeddings: bool = False) -> dict[str, Any]:
+    """Request ``r`` of ``ds`` as a feed: its valid candidates and the viewer's last ``history`` events."""
+    rq, it, items = ds.requests, ds.interactions, ds.items
+    now = float(rq["ts"][r])
+    cand = rq["cand"][r][rq["cand"][r] >= 0]
+    clicked = it["click"] > 0
+    cands = []
+    for c in cand.tolist():
+        before = int((clicked & (it["item"] == c) & (it["ts"] < now)).sum())
+        embs = {m: _emb(ds.embeddings[m][c], int8_embeddings) for m in ds.embeddings if ds.present[m][c]}
+        cands.append({"item_id": int(items["item_id"][c]), "creator_id": int(items["creator_id"][c]),
+                      "duration_s": float(items["duration_s"][c]), "upload_ts": float(items["upload_ts"][c]),
+                      "clicks": before, "embeddings": embs})
+    start = int(ds.user_offsets()[rq["user"][r]])
+    end = int(rq["hist_end"][r])
+    events = []
+    for j in range(max(start, end - history), end):
+        i = int(it["item"][j])
+        events.append({"item_id": int(items["item_id"][i]), "creator_id": int(items["creator_id"][i]),
+                       "ts": float(it["ts"][j]), "watch_ms": float(it["watch_ms"][j]),
+                       "duration_ms": float(it["duration_ms"][j]), "finish": bool(it["finish"][j]),
+                       "skip": bool(it["skip"][j]), "like": bool(it["like"][j]), "share": bool(it["share"][j]),
+                       "embeddings": {m: _emb(ds.embeddings[m][i], False) for m in ds.embeddings if ds.present[m][i]}})
+    return {"request": int(r), "user": int(rq["user"][r]), "now": now, "candidates": cands, "history": events,
+            "history_total": end - start,
+            "clicked_item_ids": [int(items["item_id"][c]) for c, y in zip(cand.tolist(), rq["click"][r][rq["cand"][r] >= 0]) if y > 0]}

@@ -1,0 +1,323 @@
+"""The phone-side reranker: a verified bundle + one engine + the local behaviour store.
+
+    rr = Reranker.open("bundle/", backend="auto", threads=1)
+    ranked = rr.rerank(candidates, context={"now": ts, "history": events}, k=10, explain=True)
+
+Features are built here from raw feed fields exactly as training built them (the manifest's
+``features`` section carries every constant), so a request scored on the phone gets the score the
+exported model gave in the parity checks. numpy + one engine; never imports torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from edge_rec.bundle import verify_bundle
+from edge_rec.engines import Bucketed, open_engine
+from edge_rec.errors import BundleError, DataError, MissingDependencyError
+from edge_rec.policy import PostRankPolicy, apply_policy
+from edge_rec.state import Event, UserState
+
+# engine preference for backend="auto": the lightest runtime that needs no torch comes first
+AUTO_ORDER = ("ort", "onnx", "tflite", "coreml", "executorch")
+
+
+@dataclass
+class Candidate:
+    """One feed item as the server sends it. ``embeddings``: modality -> float vector (fp16 / fp32), or
+    ``{"int8": [...], "scale": s}``, or ``{"fp16_b64": "..."}``; a missing modality is allowed."""
+
+    item_id: int
+    creator_id: int | None = None
+    duration_s: float = 0.0
+    upload_ts: float = 0.0
+    clicks: float = 0.0                  # clicks on the item before now (what the server knows)
+    embeddings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
+        if "item_id" not in d:
+            raise DataError(f"a candidate has no item_id (keys: {sorted(d)}).")
+        return cls(item_id=int(d["item_id"]), creator_id=None if d.get("creator_id") is None else int(d["creator_id"]),
+                   duration_s=float(d.get("duration_s", 0.0)), upload_ts=float(d.get("upload_ts", 0.0)),
+                   clicks=float(d.get("clicks", 0.0)), embeddings=dict(d.get("embeddings", {})))
+
+
+def decode_embedding(v: Any, where: str) -> np.ndarray:
+    """fp32/fp16 list, ``{"int8": [...], "scale": s}`` or ``{"fp16_b64": str}`` -> float32 vector."""
+    if isinstance(v, Mapping):
+        if "int8" in v:
+            a = np.asarray(v["int8"], dtype=np.int8).astype(np.float32) * float(v.get("scale", 1.0))
+        elif "fp16_b64" in v:
+            a = np.frombuffer(base64.b64decode(v["fp16_b64"]), dtype=np.float16).astype(np.float32)
+        else:
+            raise DataError(f"{where}: an embedding object needs 'int8' + 'scale' or 'fp16_b64' (got keys {sorted(v)}).")
+    else:
+        try:
+            a = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{where}: embedding is not numeric ({exc}).") from exc
+    if a.ndim != 1:
+        raise DataError(f"{where}: embedding must be a 1-D vector, got shape {a.shape}.")
+    if not np.isfinite(a).all():
+        raise DataError(f"{where}: embedding holds NaN or inf; the server sent a broken vector.")
+    return a
+
+
+class Reranker:
+    """Score and rerank the candidates a phone holds with a verified edge bundle."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], engine: Any, fmt: str, precision: str,
+                 policy: PostRankPolicy | None) -> None:
+        self.root, self.manifest, self.engine = root, manifest, engine
+        self.format, self.precision = fmt, precision
+        self.policy = policy or PostRankPolicy()
+        sig = manifest["signature"]
+        self.input_names = [t["name"] for t in sig["inputs"]]
+        self.modalities: dict[str, int] = dict(manifest["modalities"]["dims"])
+        self.pruned = set(manifest["modalities"]["pruned"])
+        self.hist_len = int(manifest["model"]["hist_len"])
+        f = manifest["features"]
+        self._dur = (f["cand_dense"]["duration"]["mean"], f["cand_dense"]["duration"]["std"])
+        self._fresh = (f["cand_dense"]["freshness"]["shift"], f["cand_dense"]["freshness"]["scale"])
+        self._pop = (f["cand_dense"]["popularity"]["mean"], f["cand_dense"]["popularity"]["std"])
+        self.hist_dim = sum(self.modalities.values()) + 3
+        self._buffers: dict[str, np.ndarray] = {}
+        self._hist = {"hist_emb": np.zeros((self.hist_len, self.hist_dim), np.float32),
+                      "hist_weight": np.zeros(self.hist_len, np.float32),
+                      "hist_age": np.zeros(self.hist_len, np.float32), "context": np.zeros(3, np.float32)}
+
+    # ---- opening --------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, bundle: str | Path, backend: str = "auto", threads: int = 1, precision: str | None = None,
+             policy: PostRankPolicy | None = None, warmup: bool = True) -> "Reranker":
+        """Verify the bundle (schema version, checksums, file list) and open one engine on it.
+
+        ``backend``: ``auto`` (the first of ort, onnx, tflite, coreml, executorch whose engine is
+        installed and whose export passed its gates), or a format name. ``precision``: default int8
+        where it passed its gates, else fp32."""
+        root = Path(bundle)
+        manifest = verify_bundle(root)
+        arts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for a in manifest["artifacts"]:
+            arts.setdefault((a["format"], a["precision"]), []).append(a)
+        passed = {(f, p) for f, rows in manifest["parity"].items() for p, r in rows.items() if r.get("passed")}
+        passed |= {("ort", p) for (f, p) in passed if f == "onnx"}
+        order = AUTO_ORDER if backend == "auto" else (backend,)
+        if backend != "auto" and not any(f == backend for f, _ in arts):
+            have = sorted({f for f, _ in arts})
+            raise BundleError(f"the bundle has no {backend!r} model; it has {', '.join(have)}.")
+        precs = (precision,) if precision else ("int8", "fp32", "fp16")
+        errors = []
+        for fmt in order:
+            for prec in precs:
+                if (fmt, prec) not in arts or (backend == "auto" and (fmt, prec) not in passed):
+                    continue
+                try:
+                    eng = _open_group(root, arts[(fmt, prec)], fmt, threads, manifest)
+                except MissingDependencyError as exc:
+                    errors.append(f"{fmt}: {exc}")
+                    break
+                rr = cls(root, manifest, eng, fmt, prec, policy)
+                if warmup:
+                    rr._warmup()
+                return rr
+        raise BundleError("no engine could open this bundle"
+                          + (f" at precision {precision}" if precision else "") + ":\n  " + "\n  ".join(errors or ["no matching model"]))
+
+    def _warmup(self) -> None:
+        n = 8
+        x = {k: self._buf(k, n) for k in self.input_names if k.startswith("cand_")}
+        for k in x:
+            x[k][:] = 0
+        x.update(self._hist)
+        self.engine.run(x)
+
+    def _buf(self, name: str, n: int) -> np.ndarray:
+        """A view of a preallocated input buffer with room for ``n`` candidates (grown by doubling)."""
+        if name == "cand_dense":
+            tail: tuple[int, ...] = (3,)
+        elif name.startswith("cand_mask_"):
+            tail = ()
+        else:
+            tail = (self.modalities[name[len("cand_"):]],)
+        b = self._buffers.get(name)
+        if b is None or b.shape[0] < n:
+            cap = max(16, 1 << (max(n, 1) - 1).bit_length())
+            b = self._buffers[name] = np.zeros((cap,) + tail, np.float32)
+        return b[:n]
+
+    # ---- features -------------------------------------------------------------------------------
+    def features(self, candidates: Sequence[Candidate], now: float, history: Sequence[Event],
+                 history_total: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for one request, built as training built them (shapes: see the manifest)."""
+        n = len(candidates)
+        x: dict[str, np.ndarray] = {}
+        for m, d in self.modalities.items():
+            emb, mask = self._buf(f"cand_{m}", n), self._buf(f"cand_mask_{m}", n)
+            emb[:] = 0
+            mask[:] = 0
+            for i, c in enumerate(candidates):
+                v = c.embeddings.get(m)
+                if v is None:
+                    continue
+                a = decode_embedding(v, f"candidate {c.item_id} modality {m!r}")
+                if a.shape[0] != d:
+                    raise DataError(f"candidate {c.item_id}: modality {m!r} has {a.shape[0]} dims; the bundle expects {d}.")
+                emb[i] = a
+                mask[i] = 1.0
+            x[f"cand_{m}"], x[f"cand_mask_{m}"] = emb, mask
+        dense = self._buf("cand_dense", n)
+        for i, c in enumerate(candidates):
+            vals = (c.duration_s, c.upload_ts, c.clicks)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals) or c.duration_s < 0 or c.clicks < 0:
+                raise DataError(f"candidate {c.item_id}: duration_s, upload_ts and clicks must be finite (and "
+                                f"duration, clicks >= 0); got {vals}.")
+            age_h = max(now - c.upload_ts, 0.0) / 3600.0
+            dense[i, 0] = (math.log1p(c.duration_s) - self._dur[0]) / self._dur[1]
+            dense[i, 1] = (math.log1p(age_h) - self._fresh[0]) / self._fresh[1]
+            dense[i, 2] = (math.log1p(c.clicks) - self._pop[0]) / self._pop[1]
+        x["cand_dense"] = dense
+        x.update(self.history_inputs(now, history, history_total))
+        return {k: x[k] for k in self.input_names}
+
+    def history_inputs(self, now: float, history: Sequence[Event], total: int | None = None) -> dict[str, np.ndarray]:
+        """``hist_emb`` [L, d_h] (oldest first, most recent last, left-padded), ``hist_weight``,
+        ``hist_age`` (log1p hours) and ``context`` from the events strictly before ``now``."""
+        past = [e for e in history if e.ts < now]
+        total = len(past) if total is None else total
+        last = past[-self.hist_len:]
+        h = self._hist
+        for k in ("hist_emb", "hist_weight", "hist_age"):
+            h[k][:] = 0
+        off = self.hist_len - len(last)
+        for j, e in enumerate(last):
+            row = h["hist_emb"][off + j]
+            o = 0
+            for m, d in self.modalities.items():
+                v = e.embeddings.get(m)
+                if v is not None and len(v) == d:
+                    row[o:o + d] = v
+                o += d
+            row[o:o + 3] = (min(max(e.watch_ratio, 0.0), 1.5), float(e.like), float(e.skip))
+            h["hist_weight"][off + j] = 1.0
+            h["hist_age"][off + j] = math.log1p(max(now - e.ts, 0.0) / 3600.0)
+        hour = (now % 86400.0) / 86400.0 * 2 * math.pi
+        h["context"][:] = (math.log1p(total), math.sin(hour), math.cos(hour))
+        return h
+
+    # ---- scoring --------------------------------------------------------------------------------
+    def score(self, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The bare engine call on prepared inputs (what the benchmarks time against ``rerank``)."""
+        return self.engine.run(x)
+
+    def rerank(self, candidates: Iterable[Candidate | Mapping[str, Any]], context: Mapping[str, Any] | None = None,
+               k: int | None = None, explain: bool = False, state: UserState | None = None) -> list[dict[str, Any]]:
+        """Rank ``candidates`` for now. ``context``: ``now`` (s, default: the clock), ``history``
+        (events, oldest first) unless ``state`` supplies them. Returns the top ``k`` (default all):
+        ``history_total`` (the viewer's event count when ``history`` is cut short) is optional.
+        Returns ``item_id, creator_id, rank, score, final_score, p_click, p_finish, p_like`` and, with
+        ``explain``, ``explanation`` {modality: score lost when it is masked}."""
+        cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
+        if not cands:
+            return []
+        ids = [c.item_id for c in cands]
+        if len(set(ids)) != len(ids):
+            seen, dup = set(), []
+            for i in ids:
+                if i in seen:
+                    dup.append(i)
+                seen.add(i)
+            raise DataError(f"duplicate item ids in the feed: {sorted(set(dup))[:10]}; send each item once.")
+        for c in cands:
+            unknown = [m for m in c.embeddings if m not in self.modalities and m not in self.pruned]
+            if unknown:
+                raise DataError(f"candidate {c.item_id}: unknown modality {unknown}; this bundle knows "
+                                f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
+        ctx = dict(context or {})
+        now = float(ctx.get("now", time.time()))
+        if state is not None:
+            history = state.events(limit=self.hist_len, before=now)
+            total = state.count()
+        else:
+            history = [e if isinstance(e, Event) else _event(e) for e in ctx.get("history", [])]
+            total = ctx.get("history_total")
+        x = self.features(cands, now, history, total)
+        n = len(cands)
+        mods = [m for m in self.modalities] if explain else []
+        if mods:
+            # one batched call: the request, then a copy per modality with that modality masked out
+            # (candidates are scored independently, so stacking them along N is exact)
+            big = {}
+            for key, v in x.items():
+                if key.startswith("cand_"):
+                    parts = [v]
+                    for m in mods:
+                        c = v.copy()
+                        if key in (f"cand_{m}", f"cand_mask_{m}"):
+                            c[:] = 0
+                        parts.append(c)
+                    big[key] = np.concatenate(parts, axis=0)
+                else:
+                    big[key] = v
+            out_all = self.engine.run(big)
+            out = {key: v[:n] for key, v in out_all.items()}
+            masked = {m: out_all["score"][(j + 1) * n:(j + 2) * n] for j, m in enumerate(mods)}
+        else:
+            out = self.engine.run(x)
+        score = np.asarray(out["score"], np.float64)
+        if not np.isfinite(score).all():
+            raise DataError("the model produced non-finite scores for this feed; check the inputs it was given.")
+        signals = state.creator_signals(now) if state is not None else _creator_signals(history, now)
+        ages_h = np.array([max(now - c.upload_ts, 0.0) / 3600.0 for c in cands])
+        creators = [c.creator_id for c in cands]
+        order, final = apply_policy(self.policy, score, out.get("fused"), creators, ages_h, signals, k)
+        res = []
+        for r, i in enumerate(order):
+            row = {"rank": r + 1, "item_id": cands[i].item_id, "creator_id": cands[i].creator_id,
+                   "score": float(score[i]), "final_score": float(final[i]),
+                   "p_click": float(out["p_click"][i]), "p_finish": float(out["p_finish"][i]),
+                   "p_like": float(out["p_like"][i])}
+            if mods:
+                row["explanation"] = {m: float(score[i] - masked[m][i]) for m in mods}
+            res.append(row)
+        return res
+
+
+def _open_group(root: Path, arts: list[dict[str, Any]], fmt: str, threads: int, manifest: dict[str, Any]) -> Any:
+    kw = {"input_names": [t["name"] for t in manifest["signature"]["inputs"]],
+          "output_names": [t["name"] for t in manifest["signature"]["outputs"]]}
+    if arts[0]["bucket"] is None:
+        return open_engine(fmt, root / arts[0]["path"], threads=threads, **kw)
+    return Bucketed({a["bucket"]: open_engine(fmt, root / a["path"], threads=threads, **kw) for a in arts})
+
+
+def _event(d: Mapping[str, Any]) -> Event:
+    try:
+        embs = {m: decode_embedding(v, f"history item {d.get('item_id')} modality {m!r}")
+                for m, v in dict(d.get("embeddings", {})).items()}
+        return Event(item_id=int(d["item_id"]), ts=float(d["ts"]), watch_ms=float(d.get("watch_ms", 0.0)),
+                     duration_ms=float(d.get("duration_ms", 0.0)), finish=bool(d.get("finish", False)),
+                     skip=bool(d.get("skip", False)), like=bool(d.get("like", False)), share=bool(d.get("share", False)),
+                     creator_id=None if d.get("creator_id") is None else int(d["creator_id"]),
+                     sentiment=d.get("sentiment"), embeddings=embs)
+    except KeyError as exc:
+        raise DataError(f"a history event lacks {exc}; events need item_id and ts.") from exc
+
+
+def _creator_signals(history: Sequence[Event], now: float, window_s: float = 3600.0) -> dict[int, dict[str, float]]:
+    out: dict[int, dict[str, float]] = {}
+    for e in history:
+        if e.creator_id is None or not (now - window_s <= e.ts <= now):
+            continue
+        s = out.setdefault(int(e.creator_id), {"skips": 0.0, "negative_comments": 0.0})
+        s["skips"] += float(e.skip)
+        s["negative_comments"] += float(e.sentiment is not None and e.sentiment < 0)
+    return out

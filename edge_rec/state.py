@@ -1,0 +1,221 @@
+"""The viewer's behaviour, kept on the phone: a small SQLite store (WAL mode) that never leaves it.
+
+Events are what the app observes on the feed: an impression, how long the video was watched, whether
+it was finished, skipped, liked, shared, and the sentiment of a comment. Each event keeps the item's
+modality embeddings as the server sent them (float16 blobs), so the history inputs of the model can
+be rebuilt on the device without asking the server anything.
+
+Safety: every ``record`` is one transaction (WAL + ``synchronous=FULL``: a committed event survives a
+killed process or a power cut); concurrent writers from several threads or processes are serialised
+by SQLite's lock with a busy timeout; retention is bounded (``max_events``, ``max_age_days``);
+``forget()`` wipes everything (and VACUUMs, so nothing lingers in free pages); ``export()`` hands the
+viewer their data as JSON. There is no network code in this module, nor anywhere in ``edge_rec``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from edge_rec.errors import DataError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        REAL    NOT NULL,             -- seconds since the epoch (UTC)
+    item_id   INTEGER NOT NULL,
+    creator_id INTEGER,
+    watch_ms  REAL    NOT NULL DEFAULT 0,
+    duration_ms REAL  NOT NULL DEFAULT 0,
+    finish    INTEGER NOT NULL DEFAULT 0,
+    skip      INTEGER NOT NULL DEFAULT 0,
+    like      INTEGER NOT NULL DEFAULT 0,
+    share     INTEGER NOT NULL DEFAULT 0,
+    sentiment REAL,                         -- comment sentiment in [-1, 1], NULL = no comment
+    emb       TEXT                          -- JSON {modality: hex of float16 bytes}
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+STORE_VERSION = "1"
+
+
+@dataclass
+class Event:
+    """One observed interaction with a feed item."""
+
+    item_id: int
+    ts: float
+    watch_ms: float = 0.0
+    duration_ms: float = 0.0
+    finish: bool = False
+    skip: bool = False
+    like: bool = False
+    share: bool = False
+    creator_id: int | None = None
+    sentiment: float | None = None
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def watch_ratio(self) -> float:
+        return self.watch_ms / self.duration_ms if self.duration_ms > 0 else 0.0
+
+
+def _check_event(e: Event) -> None:
+    nums = {"ts": e.ts, "watch_ms": e.watch_ms, "duration_ms": e.duration_ms}
+    bad = [k for k, v in nums.items() if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
+    if bad:
+        raise DataError(f"event for item {e.item_id}: {', '.join(bad)} must be finite and >= 0 (got "
+                        + ", ".join(f"{k}={nums[k]!r}" for k in bad) + ").")
+    if e.sentiment is not None and not (math.isfinite(e.sentiment) and -1.0 <= e.sentiment <= 1.0):
+        raise DataError(f"event for item {e.item_id}: sentiment must be in [-1, 1], got {e.sentiment!r}.")
+    for m, v in e.embeddings.items():
+        a = np.asarray(v, dtype=np.float32)
+        if a.ndim != 1 or not np.isfinite(a).all():
+            raise DataError(f"event for item {e.item_id}: embedding {m!r} must be a finite 1-D vector.")
+
+
+class UserState:
+    """A viewer's local behaviour store. Open one per process (or thread); all of them may write."""
+
+    def __init__(self, path: str | os.PathLike[str], *, max_events: int = 5000, max_age_days: float = 90.0,
+                 timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.max_events, self.max_age_days = int(max_events), float(max_age_days)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            self._db.executescript(SCHEMA)
+            ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.path} is not a readable behaviour store ({exc}); move it aside and start a new one.") from exc
+        if ok != "ok":
+            raise DataError(f"{self.path} failed SQLite's integrity check ({ok}).")
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_version', ?)", (STORE_VERSION,))
+        self._lock = threading.Lock()
+
+    # ---- writing --------------------------------------------------------------------------------
+    def record(self, event: Event) -> int:
+        """Append one event (one committed transaction); returns its id. Retention is applied as it goes."""
+        return self.record_many([event])[-1]
+
+    def record_many(self, events: Iterable[Event]) -> list[int]:
+        events = list(events)
+        for e in events:
+            _check_event(e)
+        rows = [(float(e.ts), int(e.item_id), None if e.creator_id is None else int(e.creator_id), float(e.watch_ms),
+                 float(e.duration_ms), int(bool(e.finish)), int(bool(e.skip)), int(bool(e.like)), int(bool(e.share)),
+                 None if e.sentiment is None else float(e.sentiment),
+                 json.dumps({m: np.asarray(v, np.float16).tobytes().hex() for m, v in e.embeddings.items()}))
+                for e in events]
+        ids = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    cur = self._db.execute(
+                        "INSERT INTO events (ts, item_id, creator_id, watch_ms, duration_ms, finish, skip, like, share, "
+                        "sentiment, emb) VALUES (?,?,?,?,?,?,?,?,?,?,?)", r)
+                    ids.append(int(cur.lastrowid))
+                self._retain()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return ids
+
+    def _retain(self) -> None:
+        newest = self._db.execute("SELECT MAX(ts) FROM events").fetchone()[0]
+        if newest is not None:
+            self._db.execute("DELETE FROM events WHERE ts < ?", (newest - self.max_age_days * 86400.0,))
+        self._db.execute("DELETE FROM events WHERE id NOT IN (SELECT id FROM events ORDER BY ts DESC, id DESC LIMIT ?)",
+                         (self.max_events,))
+
+    # ---- reading --------------------------------------------------------------------------------
+    def events(self, limit: int | None = None, before: float | None = None) -> list[Event]:
+        """Events oldest first: the last ``limit`` ones strictly before ``before`` (default: all)."""
+        q = "SELECT ts, item_id, creator_id, watch_ms, duration_ms, finish, skip, like, share, sentiment, emb FROM events"
+        args: list[Any] = []
+        if before is not None:
+            q += " WHERE ts < ?"
+            args.append(float(before))
+        q += " ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            q += " LIMIT ?"
+            args.append(int(limit))
+        with self._lock:
+            rows = self._db.execute(q, args).fetchall()
+        out = []
+        for ts, item, creator, w, d, fin, sk, lk, sh, sent, emb in reversed(rows):
+            embs = {m: np.frombuffer(bytes.fromhex(h), np.float16).astype(np.float32) for m, h in json.loads(emb or "{}").items()}
+            out.append(Event(item_id=item, ts=ts, watch_ms=w, duration_ms=d, finish=bool(fin), skip=bool(sk),
+                             like=bool(lk), share=bool(sh), creator_id=creator, sentiment=sent, embeddings=embs))
+        return out
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def creator_signals(self, now: float, window_s: float = 3600.0) -> dict[int, dict[str, float]]:
+        """Recent skips and negative comments per creator (for the post-ranking penalty)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT creator_id, SUM(skip), SUM(CASE WHEN sentiment < 0 THEN 1 ELSE 0 END) FROM events "
+                "WHERE ts >= ? AND ts <= ? AND creator_id IS NOT NULL GROUP BY creator_id", (now - window_s, now)).fetchall()
+        return {int(c): {"skips": float(s or 0), "negative_comments": float(n or 0)} for c, s, n in rows}
+
+    def profile(self, modalities: Mapping[str, int], now: float, half_life_h: float = 72.0) -> dict[str, np.ndarray]:
+        """Long-term interest: per modality, the recency-decayed mean embedding of engaged items
+        (weight = 2^(-age / half_life) x (watch ratio + like + share - skip), floored at 0)."""
+        acc = {m: np.zeros(d, np.float64) for m, d in modalities.items()}
+        tot = {m: 0.0 for m in modalities}
+        for e in self.events(before=now + 1e-6):
+            w = 2.0 ** (-max(now - e.ts, 0.0) / 3600.0 / half_life_h)
+            w *= max(0.0, min(e.watch_ratio, 1.5) + e.like + e.share - e.skip)
+            for m, v in e.embeddings.items():
+                if m in acc and w > 0 and len(v) == len(acc[m]):
+                    acc[m] += w * v
+                    tot[m] += w
+        return {m: (acc[m] / tot[m]).astype(np.float32) if tot[m] > 0 else acc[m].astype(np.float32) for m in acc}
+
+    # ---- the viewer's rights --------------------------------------------------------------------
+    def export(self) -> dict[str, Any]:
+        """Everything stored about the viewer, as JSON-ready data (embeddings as float lists)."""
+        evs = self.events()
+        return {"store": str(self.path), "store_version": STORE_VERSION, "exported_utc": time.time(),
+                "retention": {"max_events": self.max_events, "max_age_days": self.max_age_days},
+                "events": [{"ts": e.ts, "item_id": e.item_id, "creator_id": e.creator_id, "watch_ms": e.watch_ms,
+                            "duration_ms": e.duration_ms, "finish": e.finish, "skip": e.skip, "like": e.like,
+                            "share": e.share, "sentiment": e.sentiment,
+                            "embeddings": {m: [round(float(x), 5) for x in v] for m, v in e.embeddings.items()}}
+                           for e in evs]}
+
+    def forget(self) -> None:
+        """Delete every event, then VACUUM so the deleted rows do not linger in the file."""
+        with self._lock:
+            self._db.execute("DELETE FROM events")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "UserState":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

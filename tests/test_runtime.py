@@ -1,0 +1,309 @@
+"""The phone-side runtime on the tiny pipeline's real bundle: features, engines, policy, store, bad input."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_rec.cli import main
+from edge_rec.errors import BundleError, DataError, EdgeRecError
+from edge_rec.policy import PostRankPolicy, apply_policy
+from edge_rec.runtime import Candidate, Reranker, _event
+from edge_rec.state import Event, UserState
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run: Path) -> Path:
+    return tiny_run / "bundle"
+
+
+@pytest.fixture(scope="module")
+def feed(tiny_run: Path) -> dict:
+    return json.loads((tiny_run / "sample_feed.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def rr(bundle) -> Reranker:
+    return Reranker.open(bundle, backend="onnx", precision="fp32", policy=PostRankPolicy(enabled=False))
+
+
+def _ctx(feed):
+    return {"now": feed["now"], "history": feed["history"], "history_total": feed["history_total"]}
+
+
+def test_reranking_never_imports_torch(bundle, tiny_run):
+    code = ("import sys, json; from edge_rec.runtime import Reranker; "
+            f"rr = Reranker.open({str(bundle)!r}); f = json.load(open({str(tiny_run / 'sample_feed.json')!r})); "
+            "out = rr.rerank(f['candidates'], context={'now': f['now'], 'history': f['history']}, k=5, explain=True); "
+            "assert len(out) == 5 and 'explanation' in out[0]; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(rr.engine.name, rr.format, rr.precision)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["onnxruntime", "ort", "int8"]        # auto: .ort, int8 (it passed its gates)
+
+
+def test_features_and_scores_match_training_and_pytorch(rr, feed, tiny_run):
+    """The runtime rebuilds the training features from raw feed fields exactly; scores equal PyTorch's."""
+    import torch
+
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.distill_stage import load_student
+    from edge_rec.distill.features import FeatureBuilder
+
+    ds = Dataset.load(tiny_run / "data")
+    fb = FeatureBuilder.from_dataset(ds, rr.hist_len, list(rr.modalities))
+    ref = fb.build(ds, np.array([feed["request"]]))
+    valid = ref["valid"][0] > 0
+    x = rr.features([Candidate.from_dict(c) for c in feed["candidates"]], feed["now"],
+                    [_event(e) for e in feed["history"]], feed["history_total"])
+    for k, v in x.items():
+        want = ref[k][0][valid] if k.startswith("cand_") else ref[k][0]
+        np.testing.assert_allclose(v, want, atol=1e-6, err_msg=k)
+    student, _ = load_student(tiny_run / "student")
+    with torch.no_grad():
+        torch_score = student(**{k: torch.from_numpy(ref[k][0][valid] if k.startswith("cand_") else ref[k][0])
+                                 for k in student.input_names})["score"].numpy()
+    out = rr.rerank(feed["candidates"], context=_ctx(feed))
+    ids = [c["item_id"] for c in feed["candidates"]]
+    got = np.array([next(r["score"] for r in out if r["item_id"] == i) for i in ids])
+    np.testing.assert_allclose(got, torch_score, atol=1e-5)
+    assert [r["item_id"] for r in out] == [ids[i] for i in np.argsort(-torch_score, kind="stable")]
+
+
+def test_backends_agree_and_bucketed_engines_chunk(bundle, feed):
+    base = Reranker.open(bundle, backend="onnx", precision="fp32", policy=PostRankPolicy(enabled=False))
+    tfl = Reranker.open(bundle, backend="tflite", precision="fp32", policy=PostRankPolicy(enabled=False))
+    a = base.rerank(feed["candidates"], context=_ctx(feed))
+    b = tfl.rerank(feed["candidates"], context=_ctx(feed))
+    assert [r["item_id"] for r in a] == [r["item_id"] for r in b]
+    assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) < 1e-5
+    with pytest.raises(BundleError, match="has no 'tensorrt' model"):
+        Reranker.open(bundle, backend="tensorrt")
+    if sys.platform != "darwin":
+        with pytest.raises(BundleError, match="macOS"):
+            Reranker.open(bundle, backend="coreml")
+
+
+def test_ten_thousand_candidates(bundle, feed):
+    """Chunked through the biggest bucket (TFLite) and in one call (ONNX): same scores."""
+    rng = np.random.default_rng(0)
+    base = feed["candidates"]
+    many = []
+    for i in range(10_000):
+        c = dict(base[int(rng.integers(len(base)))])
+        c["item_id"] = 10**6 + i
+        many.append(c)
+    ctx = _ctx(feed)
+    a = Reranker.open(bundle, backend="onnx", precision="fp32", policy=PostRankPolicy(enabled=False)).rerank(many, context=ctx, k=50)
+    b = Reranker.open(bundle, backend="tflite", precision="fp32", policy=PostRankPolicy(enabled=False)).rerank(many, context=ctx, k=50)
+    assert len(a) == 50 and [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-5)
+
+
+def test_explanations_are_masked_score_differences_in_one_call(rr, feed):
+    out = rr.rerank(feed["candidates"], context=_ctx(feed), explain=True)
+    m = next(iter(rr.modalities))
+    masked = [dict(c, embeddings={k: v for k, v in c["embeddings"].items() if k != m}) for c in feed["candidates"]]
+    plain = {r["item_id"]: r["score"] for r in rr.rerank(masked, context=_ctx(feed))}
+    for r in out:
+        assert r["explanation"][m] == pytest.approx(r["score"] - plain[r["item_id"]], abs=1e-5)
+    assert any(abs(r["explanation"][m]) > 1e-3 for r in out)
+
+
+def test_bad_input_gets_typed_errors(rr, feed):
+    ctx = _ctx(feed)
+    m = next(iter(rr.modalities))
+    c0 = feed["candidates"][0]
+    assert rr.rerank([], context=ctx) == []
+    cases = {
+        "has 3 dims": [dict(c0, embeddings={m: [0.1, 0.2, 0.3]})],
+        "NaN or inf": [dict(c0, embeddings={m: [float("nan")] * rr.modalities[m]})],
+        "unknown modality": [dict(c0, embeddings={"smell": [1.0]})],
+        "duplicate item ids": [c0, c0],
+        "must be finite": [dict(c0, duration_s=float("inf"))],
+        "no item_id": [{"creator_id": 1}],
+    }
+    for msg, cands in cases.items():
+        with pytest.raises(DataError, match=msg):
+            rr.rerank(cands, context=ctx)
+    # a pruned modality the server still sends is ignored; a missing one is allowed
+    pruned = next(iter(rr.pruned), None)
+    if pruned:
+        extra = [dict(c0, embeddings={**c0["embeddings"], pruned: [0.0] * 4})]
+        assert rr.rerank(extra, context=ctx)[0]["score"] == pytest.approx(rr.rerank([c0], context=ctx)[0]["score"])
+    assert len(rr.rerank([dict(c0, embeddings={})], context=ctx)) == 1
+
+
+def test_tampered_or_wrong_version_bundle_is_refused(bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    man = json.loads((copy / "manifest.json").read_text())
+    man["schema_version"] = "2.0"
+    (copy / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleError, match="schema"):
+        Reranker.open(copy)
+    shutil.rmtree(copy)
+    shutil.copytree(bundle, copy)
+    with open(copy / "models" / "student.int8.ort", "r+b") as f:
+        f.seek(64)
+        b = f.read(1)
+        f.seek(64)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="student.int8.ort"):
+        Reranker.open(copy)
+
+
+# ---- post-ranking policy ------------------------------------------------------------------------
+def test_policy_switches_off_and_each_part_acts():
+    score = np.array([3.0, 2.9, 2.8, 1.0, 0.5])
+    creators = [1, 1, 1, 2, 3]
+    ages = np.full(5, 1000.0)
+    off, _ = apply_policy(PostRankPolicy(enabled=False), score, None, creators, ages, {})
+    assert off == [0, 1, 2, 3, 4]
+    cap, _ = apply_policy(PostRankPolicy(max_per_creator=2, mmr_lambda=1.0, freshness_boost=0), score, None, creators, ages, {})
+    assert cap == [0, 1, 3, 4, 2]                      # the third item of creator 1 waits for the others
+    pen, _ = apply_policy(PostRankPolicy(max_per_creator=None, mmr_lambda=1.0, freshness_boost=0), score, None,
+                          creators, ages, {1: {"skips": 10.0, "negative_comments": 0.0}})
+    assert pen[:2] == [3, 4]                           # a creator just skipped ten times drops below the rest
+    fresh_age = np.array([1000.0, 1000.0, 1000.0, 1000.0, 0.0])
+    fr, adj = apply_policy(PostRankPolicy(max_per_creator=None, mmr_lambda=1.0, freshness_boost=5.0), score, None,
+                           creators, fresh_age, {})
+    assert fr[0] == 4 and adj[4] == pytest.approx(5.5)
+    fused = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.7, 0.7]])
+    mmr, _ = apply_policy(PostRankPolicy(max_per_creator=None, mmr_lambda=0.5, freshness_boost=0), np.array([3.0, 2.99, 2.9, 1.0, 0.5]),
+                          fused, [1, 2, 3, 4, 5], ages, {})
+    assert mmr[:2] == [0, 2]                           # the near-duplicate of the top item waits
+
+
+# ---- the behaviour store ------------------------------------------------------------------------
+def _ev(i: int, ts: float, **kw) -> Event:
+    return Event(item_id=i, ts=ts, watch_ms=5000.0, duration_ms=10000.0, creator_id=i % 3,
+                 embeddings={"visual": np.full(4, i, np.float32)}, **kw)
+
+
+def test_store_round_trip_retention_forget_export(tmp_path):
+    path = tmp_path / "state.db"
+    with UserState(path, max_events=5, max_age_days=1.0) as st:
+        assert st._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        st.record_many(_ev(i, 1000.0 + i, like=(i == 2)) for i in range(8))
+        evs = st.events()
+        assert [e.item_id for e in evs] == [3, 4, 5, 6, 7]           # bounded: the 5 newest, oldest first
+        assert evs[0].embeddings["visual"].tolist() == [3.0] * 4 and evs[0].watch_ratio == 0.5
+        marker = Event(item_id=99, ts=1000.0 + 3 * 86400, embeddings={"visual": np.full(4, 1234.0, np.float32)})
+        st.record(marker)                                               # two days later: older ones expire
+        assert [e.item_id for e in st.events()] == [99]
+        data = st.export()
+        assert json.loads(json.dumps(data))["events"][0]["item_id"] == 99
+        with pytest.raises(DataError, match="sentiment"):
+            st.record(_ev(5, 2000.0, sentiment=3.0))
+        with pytest.raises(DataError, match="finite"):
+            st.record(Event(item_id=1, ts=float("nan")))
+        assert st.count() == 1                                          # bad events change nothing
+        st.forget()
+        assert st.count() == 0 and st.export()["events"] == []
+    trace = np.full(4, 1234.0, np.float16).tobytes().hex().encode()
+    files = [p for p in (path, path.with_name(path.name + "-wal")) if p.exists()]
+    assert files and not any(trace in p.read_bytes() for p in files)    # forget() leaves no trace on disk
+
+
+def _writer(path: str, start: int, n: int) -> None:
+    st = UserState(path)
+    for i in range(n):
+        st.record(_ev(start + i, float(start + i)))
+    st.close()
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = str(tmp_path / "state.db")
+    UserState(path).close()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, k * 1000, 150)) for k in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with UserState(path) as st:
+        assert st.count() == 600
+        assert sorted(e.item_id for e in st.events()) == sorted(k * 1000 + i for k in range(4) for i in range(150))
+
+
+CRASH_WRITER = """
+import sys, numpy as np
+from edge_rec.state import Event, UserState
+st = UserState(sys.argv[1], max_events=100000)
+i = 0
+while True:
+    st.record(Event(item_id=i, ts=float(i), watch_ms=1.0, duration_ms=2.0, embeddings={"visual": np.ones(64, np.float32)}))
+    print(i, flush=True)            # printed only after the commit returned
+    i += 1
+"""
+
+
+def test_killed_writer_keeps_every_committed_event(tmp_path):
+    path = tmp_path / "state.db"
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    committed = -1
+    deadline = time.time() + 60
+    while committed < 300 and time.time() < deadline:
+        committed = int(proc.stdout.readline())
+    os.kill(proc.pid, signal.SIGKILL)                                    # mid-stream, no cleanup
+    proc.wait()
+    assert committed >= 300
+    raw = sqlite3.connect(str(path))
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()
+    with UserState(path) as st:
+        ids = [e.item_id for e in st.events()]
+    assert ids[: committed + 1] == list(range(committed + 1))            # every acknowledged event is there
+
+
+def test_corrupt_store_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(EdgeRecError, match="not a readable behaviour store"):
+        UserState(bad)
+
+
+# ---- the CLI ------------------------------------------------------------------------------------
+def test_rerank_cli_with_and_without_a_store(tiny_run, tmp_path, capsys):
+    b, f = str(tiny_run / "bundle"), str(tiny_run / "sample_feed.json")
+    assert main(["rerank", "--bundle", b, "--feed", f, "--k", "5", "--explain"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["ranked"]) == 5 and out["ranked"][0]["rank"] == 1 and "explanation" in out["ranked"][0]
+    db = str(tmp_path / "s.db")
+    assert main(["rerank", "--bundle", b, "--feed", f, "--state", db, "--record-history", "--no-policy"]) == 0
+    with_store = json.loads(capsys.readouterr().out)["ranked"]
+    # the store holds exactly the feed's history, so the same count stands in for history_total
+    feed = json.loads(Path(f).read_text())
+    feed["history_total"] = len(feed["history"])
+    (tmp_path / "f2.json").write_text(json.dumps(feed))
+    assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "f2.json"), "--no-policy"]) == 0
+    no_store = json.loads(capsys.readouterr().out)["ranked"]
+    assert [r["item_id"] for r in with_store] == [r["item_id"] for r in no_store]
+    assert [r["score"] for r in with_store] == pytest.approx([r["score"] for r in no_store], abs=1e-6)
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_drift_replay_adapts_faster_with_on_device_history(tiny_run, tmp_path, capsys):
+    rep = json.loads((tiny_run / "drift.json").read_text())
+    w, wo = rep["with_updates"], rep["without_updates"]
+    assert rep["users"] == 50
+    assert w["mean_swipes"] < wo["mean_swipes"] and w["reached_top3"] > wo["reached_top3"]
+    assert all(0 <= r["with_updates"] <= rep["max_swipes"] for r in rep["rows"])
+    out = tmp_path / "d.json"
+    assert main(["drift", "--data", str(tiny_run / "data"), "--bundle", str(tiny_run / "bundle"),
+                 "--out", str(out), "--users", "3"]) == 0
+    assert json.loads(out.read_text())["users"] == 3
