@@ -6,7 +6,8 @@
 3. **diversity**: greedy MMR on the model's fused candidate embeddings —
    ``lambda * relevance - (1 - lambda) * max cosine similarity to what is already above`` with
    relevance = the adjusted score min-max scaled to [0, 1] — and at most ``max_per_creator`` items
-   of one creator in the ranked list (the rest follow, in order, after everything else).
+   of one creator, both over the top ``window`` positions (what the screen shows next); below them
+   the adjusted score decides (so a capped creator's further items follow in score order).
 
 ``PostRankPolicy(enabled=False)`` returns the model's order untouched.
 """
@@ -28,6 +29,7 @@ class PostRankPolicy:
     negative_penalty: float = 0.5
     freshness_boost: float = 0.1
     freshness_tau_h: float = 24.0
+    window: int = 20                     # MMR and the creator cap shape the top `window` positions
 
 
 def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | None, creators: Sequence[int | None],
@@ -39,40 +41,47 @@ def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | 
     if not policy.enabled:
         return list(np.argsort(-score, kind="stable")[:k]), score.copy()
     adj = score.astype(np.float64).copy()
-    for i, c in enumerate(creators):
-        s = signals.get(int(c)) if c is not None else None
-        if s:
-            adj[i] -= policy.skip_penalty * s.get("skips", 0.0) + policy.negative_penalty * s.get("negative_comments", 0.0)
+    if signals:                                     # usually empty: no creator was skipped in the last hour
+        pen = {int(c): policy.skip_penalty * s.get("skips", 0.0) + policy.negative_penalty * s.get("negative_comments", 0.0)
+               for c, s in signals.items()}
+        for i, c in enumerate(creators):
+            if c is not None and c in pen:
+                adj[i] -= pen[c]
     adj += policy.freshness_boost * np.exp(-np.asarray(ages_h, np.float64) / policy.freshness_tau_h)
 
     lo, hi = adj.min(), adj.max()
     rel = (adj - lo) / (hi - lo) if hi > lo else np.ones(n)
+    ranked = np.argsort(-adj, kind="stable")
+    # Greedy selection over the top `window` positions only (what the screen shows next), from a
+    # shortlist of the best 4 x window by adjusted score: MMR and the creator cap act there, below it the
+    # adjusted score decides. Keeps the policy O(N log N) and cheap next to the model for any feed size.
+    window = min(k, policy.window)
+    short = ranked[: min(n, 4 * window)]
     use_mmr = fused is not None and policy.mmr_lambda < 1.0
     if use_mmr:
-        f = np.asarray(fused, np.float64)[:n]
+        f = np.asarray(fused, np.float64)[short]
         f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        sim = f @ f.T                                          # [S, S] cosine similarities
     cap = policy.max_per_creator
-    chosen: list[int] = []
-    deferred: list[int] = []
+    rel_s = rel[short]
+    avail = np.ones(len(short), bool)
+    max_sim = np.zeros(len(short))
+    creator_s = [creators[j] for j in short.tolist()]
     per_creator: dict[int, int] = {}
-    remaining = list(np.argsort(-adj, kind="stable"))
-    max_sim = np.full(n, -np.inf)
-    while remaining and len(chosen) < k:
-        if use_mmr and chosen:
-            cand = np.array(remaining)
-            val = policy.mmr_lambda * rel[cand] - (1 - policy.mmr_lambda) * max_sim[cand]
-            j = int(cand[int(np.argmax(val))])
-        else:
-            j = int(remaining[0])
-        remaining.remove(j)
-        c = creators[j]
-        if cap is not None and c is not None and per_creator.get(c, 0) >= cap:
-            deferred.append(j)
-            continue
-        chosen.append(j)
-        if c is not None:
+    chosen: list[int] = []
+    while len(chosen) < window and avail.any():
+        val = rel_s if not (use_mmr and chosen) else policy.mmr_lambda * rel_s - (1 - policy.mmr_lambda) * max_sim
+        j = int(np.argmax(np.where(avail, val, -np.inf)))
+        avail[j] = False
+        c = creator_s[j]
+        if cap is not None and c is not None:
+            if per_creator.get(c, 0) >= cap:
+                continue                           # stays out of the window; placed below it
             per_creator[c] = per_creator.get(c, 0) + 1
+        chosen.append(int(short[j]))
         if use_mmr:
-            max_sim = np.maximum(max_sim, f @ f[j])
-    order = (chosen + deferred)[:k]
+            np.maximum(max_sim, sim[j], out=max_sim)
+    taken = np.zeros(n, bool)
+    taken[chosen] = True
+    order = (chosen + ranked[~taken[ranked]].tolist())[:k]
     return order, adj

@@ -40,6 +40,15 @@ class Candidate:
     upload_ts: float = 0.0
     clicks: float = 0.0                  # clicks on the item before now (what the server knows)
     embeddings: dict[str, Any] = field(default_factory=dict)
+    _decoded: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The embeddings decoded to float32 and checked, once: a feed is fetched once and reranked
+        at every swipe, so decoding must not be paid again each time."""
+        if self._decoded is None:
+            self._decoded = {m: decode_embedding(v, f"candidate {self.item_id} modality {m!r}")
+                             for m, v in self.embeddings.items() if v is not None}
+        return self._decoded
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
@@ -160,30 +169,35 @@ class Reranker:
         """Model inputs for one request, built as training built them (shapes: see the manifest)."""
         n = len(candidates)
         x: dict[str, np.ndarray] = {}
+        decoded = [c.arrays() for c in candidates]
         for m, d in self.modalities.items():
             emb, mask = self._buf(f"cand_{m}", n), self._buf(f"cand_mask_{m}", n)
             emb[:] = 0
             mask[:] = 0
-            for i, c in enumerate(candidates):
-                v = c.embeddings.get(m)
-                if v is None:
+            for i, arr in enumerate(decoded):
+                a = arr.get(m)
+                if a is None:
                     continue
-                a = decode_embedding(v, f"candidate {c.item_id} modality {m!r}")
                 if a.shape[0] != d:
-                    raise DataError(f"candidate {c.item_id}: modality {m!r} has {a.shape[0]} dims; the bundle expects {d}.")
+                    raise DataError(f"candidate {candidates[i].item_id}: modality {m!r} has {a.shape[0]} dims; "
+                                    f"the bundle expects {d}.")
                 emb[i] = a
                 mask[i] = 1.0
             x[f"cand_{m}"], x[f"cand_mask_{m}"] = emb, mask
+        try:
+            raw = np.array([(c.duration_s, c.upload_ts, c.clicks) for c in candidates], dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"candidate duration_s, upload_ts and clicks must be numbers ({exc}).") from exc
+        bad = ~np.isfinite(raw).all(axis=1) | (raw[:, 0] < 0) | (raw[:, 2] < 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(f"candidate {candidates[i].item_id}: duration_s, upload_ts and clicks must be finite (and "
+                            f"duration, clicks >= 0); got {tuple(raw[i])}.")
         dense = self._buf("cand_dense", n)
-        for i, c in enumerate(candidates):
-            vals = (c.duration_s, c.upload_ts, c.clicks)
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals) or c.duration_s < 0 or c.clicks < 0:
-                raise DataError(f"candidate {c.item_id}: duration_s, upload_ts and clicks must be finite (and "
-                                f"duration, clicks >= 0); got {vals}.")
-            age_h = max(now - c.upload_ts, 0.0) / 3600.0
-            dense[i, 0] = (math.log1p(c.duration_s) - self._dur[0]) / self._dur[1]
-            dense[i, 1] = (math.log1p(age_h) - self._fresh[0]) / self._fresh[1]
-            dense[i, 2] = (math.log1p(c.clicks) - self._pop[0]) / self._pop[1]
+        age_h = np.maximum(now - raw[:, 1], 0.0) / 3600.0
+        dense[:, 0] = (np.log1p(raw[:, 0]) - self._dur[0]) / self._dur[1]
+        dense[:, 1] = (np.log1p(age_h) - self._fresh[0]) / self._fresh[1]
+        dense[:, 2] = (np.log1p(raw[:, 2]) - self._pop[0]) / self._pop[1]
         x["cand_dense"] = dense
         x.update(self.history_inputs(now, history, history_total))
         return {k: x[k] for k in self.input_names}
@@ -236,8 +250,11 @@ class Reranker:
                     dup.append(i)
                 seen.add(i)
             raise DataError(f"duplicate item ids in the feed: {sorted(set(dup))[:10]}; send each item once.")
+        known = self.modalities.keys() | self.pruned
         for c in cands:
-            unknown = [m for m in c.embeddings if m not in self.modalities and m not in self.pruned]
+            if c.embeddings.keys() <= known:
+                continue
+            unknown = [m for m in c.embeddings if m not in known]
             if unknown:
                 raise DataError(f"candidate {c.item_id}: unknown modality {unknown}; this bundle knows "
                                 f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
@@ -276,18 +293,19 @@ class Reranker:
         if not np.isfinite(score).all():
             raise DataError("the model produced non-finite scores for this feed; check the inputs it was given.")
         signals = state.creator_signals(now) if state is not None else _creator_signals(history, now)
-        ages_h = np.array([max(now - c.upload_ts, 0.0) / 3600.0 for c in cands])
+        ages_h = np.maximum(now - np.array([c.upload_ts for c in cands], np.float64), 0.0) / 3600.0
         creators = [c.creator_id for c in cands]
         order, final = apply_policy(self.policy, score, out.get("fused"), creators, ages_h, signals, k)
-        res = []
-        for r, i in enumerate(order):
-            row = {"rank": r + 1, "item_id": cands[i].item_id, "creator_id": cands[i].creator_id,
-                   "score": float(score[i]), "final_score": float(final[i]),
-                   "p_click": float(out["p_click"][i]), "p_finish": float(out["p_finish"][i]),
-                   "p_like": float(out["p_like"][i])}
-            if mods:
-                row["explanation"] = {m: float(score[i] - masked[m][i]) for m in mods}
-            res.append(row)
+        o = np.asarray(order, dtype=np.int64)
+        keys = ("rank", "item_id", "creator_id", "score", "final_score", "p_click", "p_finish", "p_like")
+        res = [dict(zip(keys, row)) for row in zip(
+            range(1, len(order) + 1), [cands[i].item_id for i in order], [cands[i].creator_id for i in order],
+            score[o].tolist(), np.asarray(final)[o].tolist(), out["p_click"][o].tolist(),
+            out["p_finish"][o].tolist(), out["p_like"][o].tolist())]
+        if mods:
+            lost = {m: (score[o] - masked[m][o]).tolist() for m in mods}
+            for r, row in enumerate(res):
+                row["explanation"] = {m: lost[m][r] for m in mods}
         return res
 
 
