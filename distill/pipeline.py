@@ -2,7 +2,7 @@
 
 Stages run in order and the report says which ran. Today: ``world`` (or a given dataset),
 ``baselines`` and ``train-teacher`` (teacher, fusion baselines, contrastive ablation); distillation
-(#4), export (#5); bench (#7) joins the list when it lands, under the report keys of DESIGN.md.
+(#4), export (#5), the drift replay (#6) and a short bench (#7), under the report keys of DESIGN.md.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from edge_rec.distill.dataset import Dataset, inspect, summary_counts, write_jso
 from edge_rec.distill.world import generate_world, world_config
 
 STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
-PENDING = {
-    "bench": "not implemented yet (issue #7)",
-}
+PENDING: dict[str, str] = {}
 EXPORT_FORMATS = ("onnx", "tflite", "coreml", "executorch")
 EXPORT_PRECISIONS = ("fp32", "int8")
 
@@ -119,6 +117,19 @@ def run_pipeline(
         timings["drift"] = time.perf_counter() - t0
         stages["drift"] = (f"ran: {drift['users']} planted interest switches replayed through the bundle -> "
                            f"{run / 'drift.json'}")
+    from edge_rec import bench as B
+
+    t0 = time.perf_counter()
+    brep = B.run_bench(run / "bundle", candidates=(16, 200), threads=(1,), repeats=30, progress=False)
+    rat = B.ratios(run / "bundle", teacher=run / "teacher", repeats=50)
+    brep["ratios"] = {k: rat.get(k) for k in ("teacher_over_student_p50", "wrapper_overhead", "teacher_over_rerank_p50")}
+    brep["quality"] = B.quality_rows(run / "bundle")
+    (run / "bench").mkdir(exist_ok=True)
+    brep["plots"] = B.plots(brep, brep["quality"], run / "bench")
+    write_json(run / "bench" / "bench.json", brep)
+    timings["bench"] = time.perf_counter() - t0
+    stages["bench"] = (f"ran (short): {len(brep['results'])} rows, candidates 16/200, 1 thread -> {run / 'bench'}; "
+                       f"full run: edge-rec bench --bundle {run / 'bundle'} --out DIR")
     stages.update(PENDING)
 
     planted = ds.meta.get("planted", {})
@@ -135,6 +146,7 @@ def run_pipeline(
         "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
                     for f, rows in ereport["exports"].items()},
         "export_gate_failures": ereport["gate_failures"],
+        "bench": {k: brep[k] for k in ("schema_version", "machine", "results", "ratios", "roofline", "errors")},
         "drift": None if drift is None else {k: v for k, v in drift.items() if k != "rows"},
         "bundle": {k: ereport["bundle"][k] for k in ("path", "zip", "files", "manifest_sha256")},
         "teacher": stage["teacher"],
@@ -219,6 +231,16 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
         fails = report.get("export_gate_failures") or []
         lines += ["", f"Gates: {'all passed' if not fails else '; '.join(fails)}. Bundle: `{report['bundle']['path']}` "
                       f"({report['bundle']['files']} files, manifest sha256 `{report['bundle']['manifest_sha256'][:16]}…`).", ""]
+    b = report.get("bench")
+    if b:
+        from edge_rec.bench import markdown_table
+
+        rf = b["roofline"]
+        lines += ["## Bench (short run; `edge-rec bench` for the full grid)", "", markdown_table(b["results"]), "",
+                  "Ratios (measured side by side): " + ", ".join(f"{k} {v:.2f}" for k, v in b["ratios"].items()
+                                                                  if isinstance(v, (int, float))) + ". "
+                  + (f"Roofline: {rf['achieved_gflops']:.3f} of {rf['peak_gflops']:.1f} GFLOP/s single-core peak."
+                     if rf.get("achieved_gflops") and rf.get("peak_gflops") else ""), ""]
     dr = report.get("drift")
     if dr and "with_updates" in dr:
         w, wo = dr["with_updates"], dr["without_updates"]

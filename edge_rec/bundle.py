@@ -39,8 +39,13 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def schema_errors(manifest: Any) -> list[str]:
-    """Every JSON Schema violation of ``manifest`` as 'path: message' (empty when valid)."""
-    import jsonschema
+    """Every JSON Schema violation of ``manifest`` as 'path: message' (empty when valid). Without
+    jsonschema installed (a phone or device-farm runner with numpy and one engine only) the schema step
+    is skipped; checksums, sizes and the file list are still verified."""
+    try:
+        import jsonschema
+    except ImportError:
+        return []
 
     validator = jsonschema.Draft202012Validator(load_schema())
     out = []

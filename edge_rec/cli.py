@@ -264,6 +264,71 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_rec import bench as B
+    from edge_rec.distill.dataset import write_json  # numpy-only module
+    from edge_rec.errors import ConfigError, GateError
+
+    if args.action == "merge":
+        if not args.files or not args.out:
+            raise ConfigError("usage: edge-rec bench merge a.json b.json ... --out DIR")
+        merged = B.merge(args.files)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "merged.json", merged)
+        (out / "merged.md").write_text(B.markdown_table(merged["rows"], device=True) + "\n")
+        print(B.markdown_table(merged["rows"], device=True))
+        print(f"merged {len(merged['devices'])} device(s): {out / 'merged.json'}, {out / 'merged.md'}")
+        return 0
+    if not args.bundle:
+        raise ConfigError("edge-rec bench needs --bundle (or: edge-rec bench merge FILES --out DIR).")
+    if args.package:
+        z = B.package_runner(args.bundle, args.package)
+        print(f"runner: {z} (unzip; python3 run_bench.py --out bench.json; needs numpy + one engine)")
+        return 0
+    if not args.out:
+        raise ConfigError("edge-rec bench needs --out DIR (or --package OUT.zip).")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = B.run_bench(args.bundle, formats=_csv(args.formats) if args.formats else None,
+                      precisions=_csv(args.quant) if args.quant else None,
+                      candidates=[int(c) for c in _csv(args.candidates)], threads=[int(t) for t in _csv(args.threads)],
+                      repeats=args.repeats)
+    rat = B.ratios(args.bundle, teacher=args.teacher, repeats=max(50, args.repeats))
+    rep["ratios"] = {k: rat.get(k) for k in ("teacher_over_student_p50", "wrapper_overhead", "teacher_over_rerank_p50")}
+    rep["ratio_details"] = rat
+    rep["quality"] = B.quality_rows(args.bundle, args.report)
+    if rep["quality"]:
+        ref = next((q["ndcg@10"] for q in rep["quality"] if q["model"] == "student pytorch fp32"), None)
+        worst = min((q["ndcg@10"] for q in rep["quality"] if q["model"].startswith("student ") and "/" in q["model"]),
+                    default=None)
+        if ref and worst is not None:
+            rep["ratios"]["export_ndcg_retained_min"] = worst / ref
+        sizes = {q["model"]: q["size_bytes"] for q in rep["quality"] if q.get("size_bytes")}
+        if "teacher" in sizes and "student" in sizes:
+            rep["ratios"]["teacher_over_student_size"] = sizes["teacher"] / sizes["student"]
+    rep["plots"] = B.plots(rep, rep["quality"], out)
+    write_json(out / "bench.json", rep)
+    table = B.markdown_table(rep["results"])
+    rf = rep["roofline"]
+    extra = [f"Roofline: peak {rf['peak_gflops'] or float('nan'):.2f} GFLOP/s (1-thread GEMM), achieved "
+             f"{rf['achieved_gflops'] or float('nan'):.3f} GFLOP/s ({(rf['fraction_of_peak'] or float('nan')):.2%} of peak) "
+             f"at {rf['at']}.",
+             "Ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in rep["ratios"].items() if isinstance(v, (int, float)))]
+    (out / "bench.md").write_text(table + "\n\n" + "\n\n".join(extra) + "\n")
+    print(table)
+    print("\n".join(extra))
+    if rep["errors"]:
+        print("errors: " + "; ".join(rep["errors"]), file=sys.stderr)
+    print(f"bench: {out / 'bench.json'}, {out / 'bench.md'}" + (f", plots: {', '.join(rep['plots'])}" if rep["plots"] else ""))
+    if args.check:
+        fails = B.check_against(rep, json.loads(Path(args.check).read_text()))
+        if fails:
+            raise GateError(f"{len(fails)} benchmark regression(s) against {args.check}:\n  " + "\n  ".join(fails))
+        print(f"no regression against {args.check}")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from edge_rec import __version__
@@ -379,6 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--max-swipes", type=int, default=30)
     dr.add_argument("--seed", type=int, default=0)
     dr.set_defaults(func=cmd_drift)
+
+    be = sub.add_parser("bench", help="latency, memory and size of every model in a bundle (bench.json, table, plots); "
+                                      "`bench merge FILES` combines devices; `--package` builds a device-farm runner")
+    be.add_argument("action", nargs="?", default="run", choices=["run", "merge"])
+    be.add_argument("files", nargs="*", help="bench.json files to merge")
+    be.add_argument("--bundle")
+    be.add_argument("--out", help="output folder")
+    be.add_argument("--formats", help="default: every format in the bundle")
+    be.add_argument("--quant", help="precisions (default: all in the bundle)")
+    be.add_argument("--candidates", default="16,64,200,1000")
+    be.add_argument("--threads", default="1,2")
+    be.add_argument("--repeats", type=int, default=200)
+    be.add_argument("--teacher", help="teacher folder: adds the teacher/student speed ratio (needs torch)")
+    be.add_argument("--report", help="the pipeline's report.json: adds teacher and student quality rows")
+    be.add_argument("--check", nargs="?", const="benchmarks/reference.json",
+                    help="exit 1 on a regression against this reference (default benchmarks/reference.json)")
+    be.add_argument("--package", help="write a self-contained device-farm runner zip instead of benchmarking")
+    be.set_defaults(func=cmd_bench)
 
     pl = sub.add_parser("pipeline", help="run every available stage and write report.json / report.md")
     pl.add_argument("--preset", default="default", choices=["tiny", "default", "large"])

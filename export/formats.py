@@ -263,19 +263,39 @@ def to_ort(onnx_path: Path, fixed: bool = False) -> Path:
 
 
 def mobile_usability(onnx_path: Path) -> dict[str, Any]:
-    """ONNX Runtime's mobile usability check, summarised: can the pre-built mobile package run it,
-    are its ops supported by NNAPI / CoreML execution providers (the partition counts it logs)."""
+    """ONNX Runtime's mobile usability check, summarised per execution provider (NNAPI, Core ML), as is
+    and with fixed input shapes: nodes it could take, partitions, unsupported ops, its verdict; plus the
+    tool's overall recommendation (for a model this small, usually the CPU EP)."""
     cmd = [sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(onnx_path)]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    text = res.stdout + res.stderr
-    lines = [ln.split(" - ", 2)[-1].strip() for ln in text.splitlines() if ln.strip()]
-    summary = {"returncode": res.returncode}
-    for key, pat in (("nnapi", r"NNAPI"), ("coreml", r"CoreML")):
-        hits = [ln for ln in lines if re.search(pat, ln) and re.search(r"partition|support|recommend", ln, re.I)]
-        summary[key] = hits[:4]
-    summary["prebuilt_package"] = [ln for ln in lines if re.search(r"pre-built|prebuilt|reduced", ln, re.I)][:3]
-    summary["conclusion"] = [ln for ln in lines if re.search(r"should work|recommend|unsupported", ln, re.I)][-3:]
-    return summary
+    lines = [re.sub(r"^\w+:\s+", "", ln).strip() for ln in (res.stdout + res.stderr).splitlines()]
+    out: dict[str, Any] = {"returncode": res.returncode, "eps": {}}
+    ep, variant = None, "as_is"
+    for ln in lines:
+        m = re.match(r"Checking (NNAPI|CoreML \w+|CoreML)$", ln)
+        if m:
+            ep, variant = m.group(1), "as_is"
+            continue
+        if ln.startswith("Checking if model will perform better if the dynamic shapes are fixed"):
+            variant = "fixed_shapes"
+            continue
+        if ep is None:
+            continue
+        row = out["eps"].setdefault(ep, {}).setdefault(variant, {})
+        m = re.match(r"(\d+) partitions with a total of (\d+)/(\d+) nodes", ln)
+        if m:
+            row.update(partitions=int(m.group(1)), nodes_supported=int(m.group(2)), nodes_total=int(m.group(3)))
+        m = re.match(r"Unsupported ops: (.*)", ln)
+        if m:
+            row["unsupported_ops"] = sorted({op.split(":")[-1] for op in m.group(1).split(",") if op})
+        m = re.match(r"Model should perform well with .*?: (YES|NO)", ln)
+        if m:
+            row["recommended"] = m.group(1) == "YES"
+        if ln.startswith("For optimal performance"):
+            out["recommendation"] = ln
+    if "recommendation" not in out:
+        out["recommendation"] = next((ln for ln in reversed(lines) if ln), "")
+    return out
 
 
 # ---- TFLite (LiteRT) ----------------------------------------------------------------------------

@@ -273,6 +273,11 @@ def export_bundle(
         failures = [msg for f in exports for p in exports[f] for msg in exports[f][p]["gate_failures"]]
 
         golden = _golden(model, reqs, golden_engines, stage)
+        from edge_rec.distill.feed import request_feed
+
+        # the first golden request as raw feed fields: what the app receives; a runtime that builds
+        # features from it must reproduce golden case 0's inputs (the JVM and browser demos test this)
+        write_json(stage / "sample_feed.json", request_feed(ds, reqs.request_ids[0]))
         report = {
             "sdk_version": __version__, "student": str(student_dir), "split": split,
             "parity_requests": len(reqs.inputs), "reference": {"engine": "pytorch fp32", **ref_q},
@@ -502,4 +507,5 @@ def _manifest(model: torch.nn.Module, meta: dict[str, Any], fb: FeatureBuilder, 
         "quality": {"split": report["split"], "requests": report["parity_requests"], "pytorch_fp32": report["reference"]},
         "training": training,
         "golden": golden,
+        "examples": {"feed": "sample_feed.json", "feed_matches_golden_case": golden["cases"][0]},
     }

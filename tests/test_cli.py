@@ -66,6 +66,11 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     assert rep["export_gate_failures"] == []
     assert rep["bundle"]["files"] > 10 and len(rep["bundle"]["manifest_sha256"]) == 64
     assert "| executorch | int8 |" in (run / "report.md").read_text()
+    b = rep["bench"]
+    assert {(r["format"], r["candidates"]) for r in b["results"]} >= {("ort", 16), ("tflite", 200), ("executorch", 200)}
+    assert b["ratios"]["teacher_over_student_p50"] > 1 and b["roofline"]["peak_gflops"] > 0
+    assert (run / "bench" / "latency.png").is_file() and rep["stages"]["bench"].startswith("ran")
+    assert (run / "sample_feed.json").is_file() and rep["drift"]["users"] == 50
     for name in ("early_fusion", "late_fusion", "teacher", "student_label_only", "student_kd", "student"):
         assert MODEL_KEYS <= set(rep["models"][name]), name
     assert rep["teacher"]["throughput"]["samples_per_s"] > 0

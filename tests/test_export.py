@@ -50,6 +50,9 @@ def test_every_format_exports_and_passes_parity(tiny_run, manifest):
     assert rep["exports"]["tflite"]["fp32"]["compat"]["builtin_only"]
     assert rep["exports"]["executorch"]["fp32"]["compat"]["delegate_calls"] >= 1
     assert rep["exports"]["onnx"]["int8"]["ort"]["ok"]
+    mob = rep["exports"]["onnx"]["fp32"]["compat"]["mobile_usability"]
+    assert mob["returncode"] == 0 and mob["eps"]["NNAPI"]["as_is"]["nodes_total"] > 0
+    assert "recommended" in mob["eps"]["NNAPI"]["fixed_shapes"] and mob["recommendation"]
     # the parity numbers travel in the manifest too
     assert manifest["parity"]["onnx"]["int8"]["passed"] is True
 

@@ -1,0 +1,97 @@
+"""edge-rec bench: one schema for every engine, ratios, regression checks, the device-farm runner, merge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from edge_rec.bench import RESULT_KEYS, check_against, merge
+from edge_rec.cli import main
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--bundle", str(tiny_run / "bundle"), "--out", str(out), "--formats", "onnx,ort,tflite",
+                 "--candidates", "16,300", "--threads", "1", "--repeats", "5",
+                 "--teacher", str(tiny_run / "teacher"), "--report", str(tiny_run / "report.json")]) == 0
+    return out
+
+
+def test_bench_json_has_every_row_the_roofline_and_the_ratios(bench_dir):
+    b = json.loads((bench_dir / "bench.json").read_text())
+    assert b["schema_version"] == "1.0" and b["errors"] == []
+    assert {"cpu", "cores", "python", "engines"} <= set(b["machine"]) and "onnxruntime" in b["machine"]["engines"]
+    got = {(r["format"], r["precision"], r["candidates"]) for r in b["results"]}
+    assert got == {(f, p, n) for f in ("onnx", "ort", "tflite") for p in ("fp32", "int8") for n in (16, 300)}
+    for r in b["results"]:
+        assert set(RESULT_KEYS) <= set(r)
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["peak_rss_mb"] > 10 and r["size_bytes"] > 1000
+    rf = b["roofline"]
+    assert rf["peak_gflops"] > 0.1 and 0 < rf["achieved_gflops"] < rf["peak_gflops"]
+    rt = b["ratios"]
+    assert rt["teacher_over_student_p50"] > 1 and rt["wrapper_overhead"] > -1
+    assert rt["teacher_over_student_size"] > 5 and 0.9 < rt["export_ndcg_retained_min"] <= 1.1
+    assert {q["model"] for q in b["quality"]} >= {"teacher", "student", "student onnx/int8"}
+    for png in ("latency.png", "quality_size.png"):
+        assert (bench_dir / png).stat().st_size > 5000
+    assert "| tflite | int8 | litert | 300 |" in (bench_dir / "bench.md").read_text()
+
+
+def test_check_names_the_regression_and_exits_1(bench_dir, tiny_run, tmp_path, capsys):
+    b = json.loads((bench_dir / "bench.json").read_text())
+    ref = {"ratios": {"teacher_over_student_size": {"min": 1e9}, "wrapper_overhead": {"max": 1e9}}}
+    assert check_against(b, ref) == [f"teacher_over_student_size: {b['ratios']['teacher_over_student_size']:.4g} < min 1000000000.0"]
+    assert check_against(b, {"ratios": {"teacher_over_student_size": {"min": 1.0}}}) == []
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    code = main(["bench", "--bundle", str(tiny_run / "bundle"), "--out", str(tmp_path / "o"), "--formats", "onnx",
+                 "--quant", "fp32", "--candidates", "16", "--threads", "1", "--repeats", "3",
+                 "--report", str(tiny_run / "report.json"), "--check", str(tmp_path / "ref.json")])
+    assert code == 1
+    assert "teacher_over_student_size" in capsys.readouterr().err
+
+
+def test_reference_file_is_ratios_only():
+    ref = json.loads((Path(__file__).parents[1] / "benchmarks" / "reference.json").read_text())
+    assert ref["ratios"] and all(set(b) <= {"min", "max"} for b in ref["ratios"].values())
+    assert not any(k.endswith("_ms") for k in ref["ratios"])
+
+
+@pytest.mark.slow
+def test_packaged_runner_in_a_bare_venv_and_merge(tiny_run, tmp_path, capsys):
+    """Unzipped into an empty folder with a venv holding only numpy and onnxruntime: it runs, writes a
+    valid bench.json, and two such files merge into one comparison."""
+    z = tmp_path / "runner.zip"
+    assert main(["bench", "--bundle", str(tiny_run / "bundle"), "--package", str(z)]) == 0
+    work = tmp_path / "device"
+    with zipfile.ZipFile(z) as zf:
+        zf.extractall(work)
+    assert "benchmark_model --graph=bundle/models/" in (work / "native_commands.txt").read_text()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "numpy==2.3.5", "onnxruntime==1.32.0"]
+    subprocess.run(pip, check=True, timeout=600)
+    py = str(venv / "bin" / "python")
+    listed = subprocess.run([py, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
+    names = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert "torch" not in names and "jsonschema" not in names and "edge-rec" not in names
+    outs = []
+    for dev in ("phone-a", "phone-b"):
+        out = work / f"bench-{dev}.json"
+        subprocess.run([py, "run_bench.py", "--candidates", "16,64", "--threads", "1", "--repeats", "5",
+                        "--device", dev, "--out", str(out)], cwd=work, check=True, timeout=600,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        b = json.loads(out.read_text())
+        assert b["device"] == dev and b["errors"] == [] and b["schema_version"] == "1.0"
+        assert {r["format"] for r in b["results"]} == {"onnx", "ort"} and len(b["results"]) == 8
+        outs.append(str(out))
+    assert main(["bench", "merge", *outs, "--out", str(tmp_path / "merged")]) == 0
+    m = json.loads((tmp_path / "merged" / "merged.json").read_text())
+    assert [d["device"] for d in m["devices"]] == ["phone-a", "phone-b"] and len(m["rows"]) == 16
+    assert "| phone-b | ort | int8 |" in (tmp_path / "merged" / "merged.md").read_text()
+    assert merge(outs)["rows"] == m["rows"]
