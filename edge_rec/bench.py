@@ -31,6 +31,14 @@ RESULT_KEYS = ("model", "format", "precision", "engine", "candidates", "threads"
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident set (MB). Linux: VmHWM, which starts afresh at exec (ru_maxrss
+    would carry over the peak of the parent that launched the worker)."""
+    try:
+        for ln in Path("/proc/self/status").read_text().splitlines():
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) / 1024.0
+    except OSError:
+        pass
     try:
         import resource
 
