@@ -75,23 +75,15 @@ def _worker(bundle: str, fmt: str, precision: str, threads: int, candidates: lis
             with_peak: bool) -> dict[str, Any]:
     """Runs inside a fresh process: open one engine, time it at every N."""
     from edge_rec.bundle import verify_bundle
-    from edge_rec.engines import Bucketed, open_engine
+    from edge_rec.engines import files_size, open_manifest_group
 
     root = Path(bundle)
     manifest = verify_bundle(root)
     arts = [a for a in manifest["artifacts"] if a["format"] == fmt and a["precision"] == precision]
-    kw = {"input_names": [t["name"] for t in manifest["signature"]["inputs"]],
-          "output_names": [t["name"] for t in manifest["signature"]["outputs"]]}
     t0 = time.perf_counter()
-    if arts[0]["bucket"] is None:
-        eng = open_engine(fmt, root / arts[0]["path"], threads=threads, **kw)
-    else:
-        eng = Bucketed({a["bucket"]: open_engine(fmt, root / a["path"], threads=threads, **kw) for a in arts})
+    eng = open_manifest_group(root, manifest, arts, threads=threads)
     init_ms = (time.perf_counter() - t0) * 1e3
-    size = 0
-    for a in arts:
-        p = root / a["path"]
-        size += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    size = files_size([root / a["path"] for a in arts])
     rows = []
     for n in candidates:
         x = golden_inputs(root, manifest, n)

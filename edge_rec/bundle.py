@@ -172,15 +172,13 @@ def check_golden(root: str | os.PathLike[str], manifest: dict[str, Any] | None =
     {skipped: why}}``. On macOS this is where Core ML's numbers are checked."""
     import numpy as np
 
-    from edge_rec.engines import Bucketed, open_engine
+    from edge_rec.engines import open_manifest_group
     from edge_rec.errors import MissingDependencyError
 
     root = Path(root)
     manifest = manifest or verify_bundle(root)
     golden = json.loads((root / manifest["golden"]["path"]).read_text())
     tol_art = float(manifest["golden"].get("artifact_tolerance", 1e-5))
-    names = [t["name"] for t in manifest["signature"]["inputs"]]
-    outs = [t["name"] for t in manifest["signature"]["outputs"]]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for a in manifest["artifacts"]:
         if formats is None or a["format"] in formats:
@@ -189,11 +187,7 @@ def check_golden(root: str | os.PathLike[str], manifest: dict[str, Any] | None =
     for (fmt, prec), arts in groups.items():
         key = f"{fmt}/{prec}"
         try:
-            kw = {"input_names": names, "output_names": outs}
-            if arts[0]["bucket"] is None:
-                eng = open_engine(fmt, root / arts[0]["path"], **kw)
-            else:
-                eng = Bucketed({a["bucket"]: open_engine(fmt, root / a["path"], **kw) for a in arts})
+            eng = open_manifest_group(root, manifest, arts)
         except MissingDependencyError as exc:
             result[key] = {"skipped": str(exc)}
             continue

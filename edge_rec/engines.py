@@ -198,6 +198,30 @@ class Bucketed:
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
 
+def open_group(fmt: str, files: Sequence[tuple[Path, int | None]], *, threads: int = 1,
+               input_names: Sequence[str] = (), output_names: Sequence[str] = ()) -> Engine:
+    """One engine for the files of one (format, precision): ``files`` = [(path, bucket or None)]. A
+    single dynamic-N file opens directly; fixed-N files become one :class:`Bucketed` engine."""
+    kw = {"input_names": list(input_names), "output_names": list(output_names)}
+    if files[0][1] is None:
+        return open_engine(fmt, files[0][0], threads=threads, **kw)
+    return Bucketed({b: open_engine(fmt, p, threads=threads, **kw) for p, b in files})
+
+
+def open_manifest_group(root: Path, manifest: dict[str, Any], artifacts: Sequence[dict[str, Any]],
+                        threads: int = 1) -> Engine:
+    """:func:`open_group` for manifest artifact entries (paths relative to the bundle ``root``)."""
+    return open_group(artifacts[0]["format"], [(root / a["path"], a["bucket"]) for a in artifacts], threads=threads,
+                      input_names=[t["name"] for t in manifest["signature"]["inputs"]],
+                      output_names=[t["name"] for t in manifest["signature"]["outputs"]])
+
+
+def files_size(paths: Sequence[Path]) -> int:
+    """Bytes on disk of files and folders (an ``.mlpackage`` is a folder)."""
+    return sum(sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+               for p in paths)
+
+
 def _dist_version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 

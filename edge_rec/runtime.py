@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edge_rec.bundle import verify_bundle
-from edge_rec.engines import Bucketed, open_engine
+from edge_rec.engines import open_manifest_group
 from edge_rec.errors import BundleError, DataError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy
 from edge_rec.state import Event, UserState
@@ -130,7 +130,7 @@ class Reranker:
                 if (fmt, prec) not in arts or (backend == "auto" and (fmt, prec) not in passed):
                     continue
                 try:
-                    eng = _open_group(root, arts[(fmt, prec)], fmt, threads, manifest)
+                    eng = open_manifest_group(root, manifest, arts[(fmt, prec)], threads=threads)
                 except MissingDependencyError as exc:
                     errors.append(f"{fmt}: {exc}")
                     break
@@ -307,14 +307,6 @@ class Reranker:
             for r, row in enumerate(res):
                 row["explanation"] = {m: lost[m][r] for m in mods}
         return res
-
-
-def _open_group(root: Path, arts: list[dict[str, Any]], fmt: str, threads: int, manifest: dict[str, Any]) -> Any:
-    kw = {"input_names": [t["name"] for t in manifest["signature"]["inputs"]],
-          "output_names": [t["name"] for t in manifest["signature"]["outputs"]]}
-    if arts[0]["bucket"] is None:
-        return open_engine(fmt, root / arts[0]["path"], threads=threads, **kw)
-    return Bucketed({a["bucket"]: open_engine(fmt, root / a["path"], threads=threads, **kw) for a in arts})
 
 
 def _event(d: Mapping[str, Any]) -> Event:

@@ -32,7 +32,7 @@ import torch
 from edge_rec import __version__
 from edge_rec import metrics as M
 from edge_rec.bundle import MANIFEST, SCHEMA_VERSION, file_entries, schema_errors, verify_bundle, write_zip
-from edge_rec.engines import Bucketed, open_engine, pad_candidates
+from edge_rec.engines import files_size, open_engine, open_group, pad_candidates
 from edge_rec.errors import ConfigError, EdgeRecError, ExportError
 from edge_rec.distill.dataset import Dataset, replace_dir, write_json
 from edge_rec.distill.features import FeatureBuilder
@@ -175,10 +175,7 @@ def padding_check(engine: Any, x: dict[str, np.ndarray], buckets: Sequence[int] 
 
 
 def _open(art: list[Artifact], fmt: str, input_names: list[str]) -> Any:
-    kw = {"input_names": input_names, "output_names": EXPORT_OUTPUTS}
-    if art[0].bucket is None:
-        return open_engine(fmt, art[0].path, threads=1, **kw)
-    return Bucketed({a.bucket: open_engine(fmt, a.path, threads=1, **kw) for a in art})
+    return open_group(fmt, [(a.path, a.bucket) for a in art], input_names=input_names, output_names=EXPORT_OUTPUTS)
 
 
 def run_all(engine: Any, reqs: Requests) -> list[dict[str, np.ndarray]]:
@@ -186,13 +183,6 @@ def run_all(engine: Any, reqs: Requests) -> list[dict[str, np.ndarray]]:
 
 
 # ---- the stage ----------------------------------------------------------------------------------
-def _size(paths: Sequence[Path]) -> int:
-    total = 0
-    for p in paths:
-        total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-    return total
-
-
 def export_bundle(
     student_dir: str | Path, data: str | Path | Dataset, out: str | Path, *,
     formats: Sequence[str] = tuple(REGISTRY), precisions: Sequence[str] = ("fp32", "int8"),
@@ -351,7 +341,7 @@ def _export_one(model: torch.nn.Module, fmt: str, prec: str, ctx: ExportContext,
     row["compat"] = compat
     main = [a for a in arts if a.format == fmt]
     row["files"] = [a.path.name for a in arts]
-    row["size_bytes"] = _size([a.path for a in main])
+    row["size_bytes"] = files_size([a.path for a in main])
     row["weight_note"] = "size_bytes sums every bucket's file" if main[0].bucket else None
     artifacts.extend(arts)
     try:
@@ -367,7 +357,7 @@ def _export_one(model: torch.nn.Module, fmt: str, prec: str, ctx: ExportContext,
         for extra in (a for a in arts if a.format != fmt):         # the .ort twin of an .onnx
             eng = open_engine(extra.format, extra.path)
             diff = max(float(np.abs(eng.run(x)["score"] - g["score"]).max()) for x, g in zip(reqs.inputs[:20], got[:20]))
-            row[extra.format] = {"file": extra.path.name, "size_bytes": _size([extra.path]),
+            row[extra.format] = {"file": extra.path.name, "size_bytes": files_size([extra.path]),
                                  "max_abs_diff_vs_onnx": diff, "ok": diff <= PAD_TOL}
             golden_engines[f"{extra.format}/{prec}"] = ([extra], eng)
         row["ok"] = True

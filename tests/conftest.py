@@ -29,3 +29,9 @@ def tiny_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pipeline") / "run"
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def bundle(tiny_run: Path) -> Path:
+    """The tiny pipeline's edge bundle (every format, fp32 and int8)."""
+    return tiny_run / "bundle"

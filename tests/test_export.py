@@ -22,11 +22,6 @@ FORMATS = ("onnx", "tflite", "coreml", "executorch")
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_run: Path) -> Path:
-    return tiny_run / "bundle"
-
-
-@pytest.fixture(scope="module")
 def manifest(bundle: Path) -> dict:
     return json.loads((bundle / "manifest.json").read_text())
 

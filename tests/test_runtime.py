@@ -23,11 +23,6 @@ from edge_rec.state import Event, UserState
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_run: Path) -> Path:
-    return tiny_run / "bundle"
-
-
-@pytest.fixture(scope="module")
 def feed(tiny_run: Path) -> dict:
     return json.loads((tiny_run / "sample_feed.json").read_text())
 
