@@ -88,19 +88,19 @@ def drift_replay(ds: Dataset, bundle: str | Path, item_topic: np.ndarray, *, n_u
         row = {"user": u, "from_topic": old, "to_topic": new}
         for arm in ("with_updates", "without_updates"):
             hist = list(history)
-            left = list(pool_items)
+            # the phone holds the pool as one prepared feed and drops each item it has shown
+            feed = rr.prepare([_candidate(ds, i, t0, clicks) for i in pool_items])
+            pos = {int(ds.items["item_id"][i]): int(i) for i in pool_items}
             swipes = max_swipes
             for s in range(max_swipes + 1):
                 now = t0 + s * swipe_s + 1.0
-                cands = [_candidate(ds, i, now, clicks) for i in left]
-                ranked = rr.rerank(cands, context={"now": now, "history": hist, "history_total": len(hist)})
-                pos = {c.item_id: i for c, i in zip(cands, left)}
-                top = [pos[r["item_id"]] for r in ranked[:3]]
+                ranked = rr.rerank(feed, context={"now": now, "history": hist, "history_total": len(hist)}, k=3)
+                top = [pos[r["item_id"]] for r in ranked]
                 if all(item_topic[i] == new for i in top):
                     swipes = s
                     break
                 shown = top[0]
-                left.remove(shown)
+                feed = feed.without([ranked[0]["item_id"]])
                 if arm == "with_updates":
                     hist.append(_event(ds, shown, now, liked=bool(item_topic[shown] == new)))
             row[arm] = swipes

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edge_rec.distill.configs import StudentConfig
@@ -96,3 +97,60 @@ class Student(RankerBase):
         out = self._outputs(self.head(h), single)
         out["fused"] = e["cand"].squeeze(0) if single else e["cand"]
         return out
+
+    # ---- the exported graph --------------------------------------------------------------------
+    def forward_request(self, **x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One request without the batch dimension (``cand_*`` [N, ...], ``hist_*`` [L, ...],
+        ``context`` [c]) -> ``score``/``p_*`` [N], ``fused`` [N, d]: what the exporters trace.
+
+        The same parameters and the same arithmetic as :meth:`forward` (the export parity checks compare
+        the two), written so that no op depends on a tensor's shape: heads are split along the last axis
+        instead of ``view(b, n, h, hd)``, the null slot is a ``pad``, the context is broadcast by an
+        add. The batched form costs ~40 shape nodes (Shape/Gather/Unsqueeze/Concat/If) that an engine
+        runs at every call; on a model this small they took as long as the arithmetic.
+        """
+        toks = []
+        for j, m in enumerate(self.modalities):
+            keep = x[f"cand_mask_{m}"].unsqueeze(-1)
+            toks.append(keep * self.proj[m](x[f"cand_{m}"]) + (1 - keep) * self.mask_token[j] + self.type_emb[j])
+        toks.append(self.dense(x["cand_dense"]) + self.type_emb[-1])
+        t = torch.stack(toks, dim=-2)                                         # (N, T, d)
+        t = t + self._token_attention(self.ln1(t))
+        t = t + self.ffn(self.ln2(t))
+        cand = t.mean(dim=-2)                                                 # (N, d)
+
+        he = x["hist_emb"]                                                    # (L, d_h)
+        acc, cnt = 0.0, 0.0
+        for m in self.modalities:
+            a, z = self.offsets[m]
+            sl = he[:, a:z]
+            present = (sl.abs().sum(-1, keepdim=True) > 0).to(he.dtype)
+            acc = acc + present * self.proj[m](sl)
+            cnt = cnt + present
+        eng = he[:, he.shape[-1] - N_ENGAGEMENT:]
+        hist = acc / torch.clamp(cnt, min=1.0) + self.hist_eng(torch.cat([eng, x["hist_age"].unsqueeze(-1)], -1))
+        d = hist.shape[-1]
+        hist = F.pad(hist, (0, 0, 1, 0))                                      # null slot first: (1+L, d)
+        hmask = F.pad(x["hist_weight"], (1, 0), value=1.0)
+        att = (cand @ hist.transpose(0, 1)) / math.sqrt(d)                   # (N, 1+L)
+        att = att.masked_fill(hmask <= 0, -1e4).softmax(-1)
+        interest = att @ hist                                                 # (N, d)
+        ctx = cand[:, :1] * 0.0 + x["context"]                                # (N, c), broadcast
+        logits = self.head(torch.cat([cand, interest, cand * interest, cand - interest, ctx], -1))
+        out = {"score": (logits * self.score_w).sum(-1)}
+        for j, task in enumerate(TASKS):
+            out[f"p_{task}"] = torch.sigmoid(logits[:, j])
+        out["fused"] = cand
+        return out
+
+    def _token_attention(self, h: torch.Tensor) -> torch.Tensor:
+        """:class:`MultiHeadAttention` over the T tokens of each candidate, h: (N, T, d), heads split
+        along the last axis (the order ``transpose(1, 2).reshape`` concatenates them in)."""
+        a = self.attn
+        q, k, v = a.q(h), a.k(h), a.v(h)                                     # (N, T, heads*hd)
+        scale = math.sqrt(a.head_dim)
+        if a.num_heads == 1:
+            return a.o(((q @ k.transpose(-1, -2)) / scale).softmax(-1) @ v)
+        outs = [((qh @ kh.transpose(-1, -2)) / scale).softmax(-1) @ vh
+                for qh, kh, vh in zip(q.split(a.head_dim, -1), k.split(a.head_dim, -1), v.split(a.head_dim, -1))]
+        return a.o(torch.cat(outs, -1))

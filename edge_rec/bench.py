@@ -230,8 +230,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], device: bool = False) -> str:
 
 
 def _ratio_worker(bundle: str, teacher: str | None, n: int, repeats: int) -> dict[str, Any]:
-    """Side by side in one process, 1 thread: ``rerank()`` vs the bare engine call on the bundle's sample
-    feed (N candidates), and the PyTorch teacher on inputs of the same shape (when ``teacher`` is given)."""
+    """Side by side in one process, 1 thread, interleaved call by call: ``rerank()`` at a swipe (a feed
+    prepared once, the default post-ranking policy) vs the bare engine call on the bundle's sample feed
+    (N candidates), and the PyTorch teacher on inputs of the same shape (when ``teacher`` is given)."""
     from edge_rec.policy import PostRankPolicy
     from edge_rec.runtime import Candidate, Reranker, _event
 
@@ -242,20 +243,23 @@ def _ratio_worker(bundle: str, teacher: str | None, n: int, repeats: int) -> dic
     cands = [Candidate.from_dict(dict(base[i % len(base)], item_id=10**7 + i)) for i in range(n)]
     hist = [_event(e) for e in feed["history"]]
     ctx = {"now": feed["now"], "history": hist, "history_total": feed["history_total"]}
-    x = {k: v.copy() for k, v in rr.features(cands, feed["now"], hist, feed["history_total"]).items()}
+    prepared = rr.prepare(cands)
+    x = {k: v.copy() for k, v in rr.features(prepared, feed["now"], hist, feed["history_total"]).items()}
 
-    def timed(fn, reps):
-        for _ in range(20):
-            fn()
-        ms = np.empty(reps)
+    def timed(fns, reps):
+        for fn in fns:
+            for _ in range(20):
+                fn()
+        ms = np.empty((len(fns), reps))
         for i in range(reps):
-            t = time.perf_counter()
-            fn()
-            ms[i] = (time.perf_counter() - t) * 1e3
-        return float(np.median(ms))
+            for j, fn in enumerate(fns):
+                t = time.perf_counter()
+                fn()
+                ms[j, i] = (time.perf_counter() - t) * 1e3
+        return np.median(ms, axis=1).tolist()
 
-    out = {"rerank_p50_ms": timed(lambda: rr.rerank(cands, context=ctx), repeats),
-           "engine_p50_ms": timed(lambda: rr.score(x), repeats), "student": f"{rr.format}/{rr.precision}",
+    rerank_ms, engine_ms = timed([lambda: rr.rerank(prepared, context=ctx), lambda: rr.score(x)], repeats)
+    out = {"rerank_p50_ms": rerank_ms, "engine_p50_ms": engine_ms, "student": f"{rr.format}/{rr.precision}",
            "candidates": n}
     if teacher:
         import torch
@@ -266,7 +270,7 @@ def _ratio_worker(bundle: str, teacher: str | None, n: int, repeats: int) -> dic
         t_model, _ = load_teacher(teacher)
         tx = t_model.example_inputs(n=n)
         with torch.inference_mode():
-            out["teacher_p50_ms"] = timed(lambda: t_model(**tx), max(30, repeats // 5))
+            out["teacher_p50_ms"] = timed([lambda: t_model(**tx)], max(30, repeats // 5))[0]
     return out
 
 

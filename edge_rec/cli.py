@@ -242,7 +242,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         if args.record_history and feed.get("history"):
             state.record_many(_event(e) for e in feed["history"])
     try:
-        ranked = rr.rerank(feed["candidates"], context=context, k=args.k, explain=args.explain, state=state)
+        ranked = rr.rerank(feed["candidates"], context=context, k=args.k, explain=args.explain, state=state).to_list()
     finally:
         if state is not None:
             state.close()

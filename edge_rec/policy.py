@@ -34,12 +34,12 @@ class PostRankPolicy:
 
 def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | None, creators: Sequence[int | None],
                  ages_h: np.ndarray, signals: Mapping[int, Mapping[str, float]],
-                 k: int | None = None) -> tuple[list[int], np.ndarray]:
-    """Return (order of candidate indices, top ``k``; adjusted scores [N])."""
+                 k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (order of candidate indices [k] int64, best first; adjusted scores [N])."""
     n = len(score)
     k = n if k is None else max(0, min(int(k), n))
     if not policy.enabled:
-        return list(np.argsort(-score, kind="stable")[:k]), score.copy()
+        return np.argsort(-score, kind="stable")[:k], np.asarray(score, np.float64).copy()
     adj = score.astype(np.float64).copy()
     if signals:                                     # usually empty: no creator was skipped in the last hour
         pen = {int(c): policy.skip_penalty * s.get("skips", 0.0) + policy.negative_penalty * s.get("negative_comments", 0.0)
@@ -57,31 +57,39 @@ def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | 
     # adjusted score decides. Keeps the policy O(N log N) and cheap next to the model for any feed size.
     window = min(k, policy.window)
     short = ranked[: min(n, 4 * window)]
-    use_mmr = fused is not None and policy.mmr_lambda < 1.0
+    lam = policy.mmr_lambda
+    use_mmr = fused is not None and lam < 1.0
+    # MMR value = lam * rel - (1 - lam) * max cosine similarity to what is chosen; kept as `base - pen_max`
+    # so that each step costs three vector ops (argmax, maximum, subtract); taken items hold -inf.
+    base = (lam if use_mmr else 1.0) * rel[short]
+    cur = base.copy()
     if use_mmr:
         f = np.asarray(fused, np.float64)[short]
         f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-        sim = f @ f.T                                          # [S, S] cosine similarities
+        pen = (1.0 - lam) * (f @ f.T)                          # [S, S] weighted cosine similarities
+        pen_max = np.zeros(len(short))
     cap = policy.max_per_creator
-    rel_s = rel[short]
-    avail = np.ones(len(short), bool)
-    max_sim = np.zeros(len(short))
-    creator_s = [creators[j] for j in short.tolist()]
+    creator_list = [creators[j] for j in short.tolist()]
+    has_creator = [c is not None for c in creator_list]
+    creator_s = np.array([c if c is not None else 0 for c in creator_list], dtype=np.int64)
     per_creator: dict[int, int] = {}
     chosen: list[int] = []
-    while len(chosen) < window and avail.any():
-        val = rel_s if not (use_mmr and chosen) else policy.mmr_lambda * rel_s - (1 - policy.mmr_lambda) * max_sim
-        j = int(np.argmax(np.where(avail, val, -np.inf)))
-        avail[j] = False
-        c = creator_s[j]
-        if cap is not None and c is not None:
-            if per_creator.get(c, 0) >= cap:
-                continue                           # stays out of the window; placed below it
-            per_creator[c] = per_creator.get(c, 0) + 1
+    while len(chosen) < window:
+        j = int(cur.argmax())
+        if cur[j] == -np.inf:
+            break                                  # shortlist exhausted
+        cur[j] = base[j] = -np.inf
         chosen.append(int(short[j]))
+        if cap is not None and has_creator[j]:
+            c = int(creator_s[j])
+            per_creator[c] = per_creator.get(c, 0) + 1
+            if per_creator[c] >= cap:              # the creator's other items wait below the window
+                full = (creator_s == c) & has_creator
+                cur[full] = base[full] = -np.inf
         if use_mmr:
-            np.maximum(max_sim, sim[j], out=max_sim)
+            np.maximum(pen_max, pen[j], out=pen_max)
+            np.subtract(base, pen_max, out=cur)
     taken = np.zeros(n, bool)
     taken[chosen] = True
-    order = (chosen + ranked[~taken[ranked]].tolist())[:k]
+    order = np.concatenate([np.asarray(chosen, np.int64), ranked[~taken[ranked]]])[:k]
     return order, adj

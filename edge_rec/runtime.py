@@ -80,6 +80,78 @@ def decode_embedding(v: Any, where: str) -> np.ndarray:
     return a
 
 
+@dataclass
+class Feed:
+    """A feed checked and turned into model inputs once (:meth:`Reranker.prepare`).
+
+    A phone fetches a page of candidates and reranks what is left of it at every swipe; only the
+    history and the clock change between swipes, so the candidate side is built once here.
+    ``inputs``: ``cand_*`` arrays [N, ...] float32 (``cand_dense[:, 1]``, the freshness, is rewritten
+    for ``now`` at each rerank); ``upload_ts`` [N] seconds.
+    """
+
+    candidates: list[Candidate]
+    item_ids: np.ndarray
+    creators: list[int | None]
+    upload_ts: np.ndarray
+    inputs: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def without(self, item_ids: Iterable[int]) -> "Feed":
+        """This feed less the given items (the ones the viewer has seen), without rebuilding anything."""
+        drop = np.isin(self.item_ids, np.fromiter((int(i) for i in item_ids), dtype=np.int64))
+        keep = np.flatnonzero(~drop)
+        return Feed([self.candidates[i] for i in keep], self.item_ids[keep], [self.creators[i] for i in keep],
+                    self.upload_ts[keep], {k: v[keep] for k, v in self.inputs.items()})
+
+
+class Ranking(Sequence[dict]):
+    """The result of :meth:`Reranker.rerank`: a sequence of row dicts (``rank``, ``item_id``,
+    ``creator_id``, ``score``, ``final_score``, ``p_click``, ``p_finish``, ``p_like`` and, when asked,
+    ``explanation``), best first, made on access from numpy columns — an app reads the first few rows
+    of a 200-item ranking, so the other dicts are never built. ``columns`` holds the arrays ([k] each;
+    ``explanation`` {modality: [k]}); ``to_list()`` gives plain rows (JSON-ready)."""
+
+    _KEYS = ("item_id", "creator_id", "score", "final_score", "p_click", "p_finish", "p_like")
+
+    def __init__(self, columns: dict[str, Any]) -> None:
+        self.columns = columns
+
+    def __len__(self) -> int:
+        return len(self.columns["item_id"])
+
+    def _row(self, i: int) -> dict[str, Any]:
+        c = self.columns
+        row: dict[str, Any] = {"rank": i + 1}
+        for key in self._KEYS:
+            v = c[key][i]
+            row[key] = v if v is None or isinstance(v, int) else v.item()
+        if "explanation" in c:
+            row["explanation"] = {m: float(v[i]) for m, v in c["explanation"].items()}
+        return row
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self._row(j) for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"ranking index {i} out of range ({n} items)")
+        return self._row(i % n)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return self[:]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Ranking):
+            other = other.to_list()
+        return isinstance(other, list) and self.to_list() == other
+
+    def __repr__(self) -> str:
+        return f"Ranking({len(self)} items, top {[r['item_id'] for r in self[:5]]})"
+
+
 class Reranker:
     """Score and rerank the candidates a phone holds with a verified edge bundle."""
 
@@ -98,10 +170,11 @@ class Reranker:
         self._fresh = (f["cand_dense"]["freshness"]["shift"], f["cand_dense"]["freshness"]["scale"])
         self._pop = (f["cand_dense"]["popularity"]["mean"], f["cand_dense"]["popularity"]["std"])
         self.hist_dim = sum(self.modalities.values()) + 3
-        self._buffers: dict[str, np.ndarray] = {}
         self._hist = {"hist_emb": np.zeros((self.hist_len, self.hist_dim), np.float32),
                       "hist_weight": np.zeros(self.hist_len, np.float32),
                       "hist_age": np.zeros(self.hist_len, np.float32), "context": np.zeros(3, np.float32)}
+        self._hist_key: list[tuple[int, float]] | None = None
+        self._hist_ts = np.zeros(0, np.float64)
 
     # ---- opening --------------------------------------------------------------------------------
     @classmethod
@@ -142,87 +215,104 @@ class Reranker:
                           + (f" at precision {precision}" if precision else "") + ":\n  " + "\n  ".join(errors or ["no matching model"]))
 
     def _warmup(self) -> None:
+        """One call on 8 blank candidates, so the first real swipe does not pay the engine's set-up."""
         n = 8
-        x = {k: self._buf(k, n) for k in self.input_names if k.startswith("cand_")}
-        for k in x:
-            x[k][:] = 0
+        x: dict[str, np.ndarray] = {}
+        for m, d in self.modalities.items():
+            x[f"cand_{m}"], x[f"cand_mask_{m}"] = np.zeros((n, d), np.float32), np.zeros(n, np.float32)
+        x["cand_dense"] = np.zeros((n, 3), np.float32)
         x.update(self._hist)
-        self.engine.run(x)
-
-    def _buf(self, name: str, n: int) -> np.ndarray:
-        """A view of a preallocated input buffer with room for ``n`` candidates (grown by doubling)."""
-        if name == "cand_dense":
-            tail: tuple[int, ...] = (3,)
-        elif name.startswith("cand_mask_"):
-            tail = ()
-        else:
-            tail = (self.modalities[name[len("cand_"):]],)
-        b = self._buffers.get(name)
-        if b is None or b.shape[0] < n:
-            cap = max(16, 1 << (max(n, 1) - 1).bit_length())
-            b = self._buffers[name] = np.zeros((cap,) + tail, np.float32)
-        return b[:n]
+        self.engine.run({k: x[k] for k in self.input_names})
 
     # ---- features -------------------------------------------------------------------------------
-    def features(self, candidates: Sequence[Candidate], now: float, history: Sequence[Event],
-                 history_total: int | None = None) -> dict[str, np.ndarray]:
-        """Model inputs for one request, built as training built them (shapes: see the manifest)."""
-        n = len(candidates)
+    def prepare(self, candidates: Iterable[Candidate | Mapping[str, Any]]) -> Feed:
+        """Check a feed and build its candidate inputs once (see :class:`Feed`): duplicate ids,
+        unknown modalities, wrong dims, NaN/inf and bad numbers raise :class:`DataError` here."""
+        cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
+        n = len(cands)
+        ids = np.array([c.item_id for c in cands], dtype=np.int64)
+        if len(np.unique(ids)) != n:
+            u, cnt = np.unique(ids, return_counts=True)
+            raise DataError(f"duplicate item ids in the feed: {u[cnt > 1][:10].tolist()}; send each item once.")
+        known = self.modalities.keys() | self.pruned
+        for c in cands:
+            if not c.embeddings.keys() <= known:
+                unknown = [m for m in c.embeddings if m not in known]
+                raise DataError(f"candidate {c.item_id}: unknown modality {unknown}; this bundle knows "
+                                f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
         x: dict[str, np.ndarray] = {}
-        decoded = [c.arrays() for c in candidates]
+        decoded = [c.arrays() for c in cands]
         for m, d in self.modalities.items():
-            emb, mask = self._buf(f"cand_{m}", n), self._buf(f"cand_mask_{m}", n)
-            emb[:] = 0
-            mask[:] = 0
+            emb, mask = np.zeros((n, d), np.float32), np.zeros(n, np.float32)
             for i, arr in enumerate(decoded):
                 a = arr.get(m)
                 if a is None:
                     continue
                 if a.shape[0] != d:
-                    raise DataError(f"candidate {candidates[i].item_id}: modality {m!r} has {a.shape[0]} dims; "
+                    raise DataError(f"candidate {cands[i].item_id}: modality {m!r} has {a.shape[0]} dims; "
                                     f"the bundle expects {d}.")
                 emb[i] = a
                 mask[i] = 1.0
             x[f"cand_{m}"], x[f"cand_mask_{m}"] = emb, mask
         try:
-            raw = np.array([(c.duration_s, c.upload_ts, c.clicks) for c in candidates], dtype=np.float64)
+            raw = np.array([(c.duration_s, c.upload_ts, c.clicks) for c in cands], dtype=np.float64).reshape(n, 3)
         except (TypeError, ValueError) as exc:
             raise DataError(f"candidate duration_s, upload_ts and clicks must be numbers ({exc}).") from exc
         bad = ~np.isfinite(raw).all(axis=1) | (raw[:, 0] < 0) | (raw[:, 2] < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(f"candidate {candidates[i].item_id}: duration_s, upload_ts and clicks must be finite (and "
+            raise DataError(f"candidate {cands[i].item_id}: duration_s, upload_ts and clicks must be finite (and "
                             f"duration, clicks >= 0); got {tuple(raw[i])}.")
-        dense = self._buf("cand_dense", n)
-        age_h = np.maximum(now - raw[:, 1], 0.0) / 3600.0
+        dense = np.zeros((n, 3), np.float32)
         dense[:, 0] = (np.log1p(raw[:, 0]) - self._dur[0]) / self._dur[1]
-        dense[:, 1] = (np.log1p(age_h) - self._fresh[0]) / self._fresh[1]
         dense[:, 2] = (np.log1p(raw[:, 2]) - self._pop[0]) / self._pop[1]
         x["cand_dense"] = dense
+        return Feed(cands, ids, [c.creator_id for c in cands], raw[:, 1].copy(), x)
+
+    def _at(self, feed: Feed, now: float) -> dict[str, np.ndarray]:
+        """The feed's candidate inputs with the freshness column for ``now`` (written in place)."""
+        age_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0
+        feed.inputs["cand_dense"][:, 1] = (np.log1p(age_h) - self._fresh[0]) / self._fresh[1]
+        return feed.inputs
+
+    def features(self, candidates: Sequence[Candidate] | Feed, now: float, history: Sequence[Event],
+                 history_total: int | None = None) -> dict[str, np.ndarray]:
+        """Model inputs for one request, built as training built them (shapes: see the manifest)."""
+        feed = candidates if isinstance(candidates, Feed) else self.prepare(candidates)
+        x = dict(self._at(feed, now))
         x.update(self.history_inputs(now, history, history_total))
         return {k: x[k] for k in self.input_names}
 
     def history_inputs(self, now: float, history: Sequence[Event], total: int | None = None) -> dict[str, np.ndarray]:
         """``hist_emb`` [L, d_h] (oldest first, most recent last, left-padded), ``hist_weight``,
-        ``hist_age`` (log1p hours) and ``context`` from the events strictly before ``now``."""
+        ``hist_age`` (log1p hours) and ``context`` from the events strictly before ``now``.
+
+        The embedding rows are rebuilt only when the last L events change (between two swipes they
+        change by at most one); the ages and the context follow the clock at every call."""
         past = [e for e in history if e.ts < now]
         total = len(past) if total is None else total
         last = past[-self.hist_len:]
         h = self._hist
-        for k in ("hist_emb", "hist_weight", "hist_age"):
-            h[k][:] = 0
-        off = self.hist_len - len(last)
-        for j, e in enumerate(last):
-            row = h["hist_emb"][off + j]
-            o = 0
-            for m, d in self.modalities.items():
-                v = e.embeddings.get(m)
-                if v is not None and len(v) == d:
-                    row[o:o + d] = v
-                o += d
-            row[o:o + 3] = (min(max(e.watch_ratio, 0.0), 1.5), float(e.like), float(e.skip))
-            h["hist_weight"][off + j] = 1.0
-            h["hist_age"][off + j] = math.log1p(max(now - e.ts, 0.0) / 3600.0)
+        key = [(e.item_id, e.ts) for e in last]
+        if key != self._hist_key:
+            for k in ("hist_emb", "hist_weight"):
+                h[k][:] = 0
+            off = self.hist_len - len(last)
+            for j, e in enumerate(last):
+                row = h["hist_emb"][off + j]
+                o = 0
+                for m, d in self.modalities.items():
+                    v = e.embeddings.get(m)
+                    if v is not None and len(v) == d:
+                        row[o:o + d] = v
+                    o += d
+                row[o:o + 3] = (min(max(e.watch_ratio, 0.0), 1.5), float(e.like), float(e.skip))
+                h["hist_weight"][off + j] = 1.0
+            self._hist_ts = np.array([e.ts for e in last], np.float64)
+            self._hist_key = key
+        h["hist_age"][:] = 0
+        if len(last):
+            h["hist_age"][self.hist_len - len(last):] = np.log1p(np.maximum(now - self._hist_ts, 0.0) / 3600.0)
         hour = (now % 86400.0) / 86400.0 * 2 * math.pi
         h["context"][:] = (math.log1p(total), math.sin(hour), math.cos(hour))
         return h
@@ -232,43 +322,31 @@ class Reranker:
         """The bare engine call on prepared inputs (what the benchmarks time against ``rerank``)."""
         return self.engine.run(x)
 
-    def rerank(self, candidates: Iterable[Candidate | Mapping[str, Any]], context: Mapping[str, Any] | None = None,
-               k: int | None = None, explain: bool = False, state: UserState | None = None) -> list[dict[str, Any]]:
-        """Rank ``candidates`` for now. ``context``: ``now`` (s, default: the clock), ``history``
-        (events, oldest first) unless ``state`` supplies them. Returns the top ``k`` (default all):
-        ``history_total`` (the viewer's event count when ``history`` is cut short) is optional.
-        Returns ``item_id, creator_id, rank, score, final_score, p_click, p_finish, p_like`` and, with
-        ``explain``, ``explanation`` {modality: score lost when it is masked}."""
-        cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
-        if not cands:
-            return []
-        ids = [c.item_id for c in cands]
-        if len(set(ids)) != len(ids):
-            seen, dup = set(), []
-            for i in ids:
-                if i in seen:
-                    dup.append(i)
-                seen.add(i)
-            raise DataError(f"duplicate item ids in the feed: {sorted(set(dup))[:10]}; send each item once.")
-        known = self.modalities.keys() | self.pruned
-        for c in cands:
-            if c.embeddings.keys() <= known:
-                continue
-            unknown = [m for m in c.embeddings if m not in known]
-            if unknown:
-                raise DataError(f"candidate {c.item_id}: unknown modality {unknown}; this bundle knows "
-                                f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
-        ctx = dict(context or {})
+    def rerank(self, candidates: Feed | Iterable[Candidate | Mapping[str, Any]],
+               context: Mapping[str, Any] | None = None, k: int | None = None, explain: bool = False,
+               state: UserState | None = None) -> Ranking:
+        """Rank ``candidates`` (a list, or a :class:`Feed` from :meth:`prepare` to skip rebuilding the
+        candidate inputs at every swipe) for now. ``context``: ``now`` (s, default: the clock),
+        ``history`` (events, oldest first) unless ``state`` supplies them, ``history_total`` (the
+        viewer's event count when ``history`` is cut short; optional). Returns the top ``k`` (default
+        all) as a :class:`Ranking` of rows ``rank, item_id, creator_id, score, final_score, p_click,
+        p_finish, p_like`` and, with ``explain``, ``explanation`` {modality: score lost when it is masked}."""
+        feed = candidates if isinstance(candidates, Feed) else self.prepare(candidates)
+        n = len(feed)
+        if n == 0:
+            return Ranking({key: [] for key in Ranking._KEYS})
+        ctx = context or {}
         now = float(ctx.get("now", time.time()))
         if state is not None:
             history = state.events(limit=self.hist_len, before=now)
             total = state.count()
         else:
-            history = [e if isinstance(e, Event) else _event(e) for e in ctx.get("history", [])]
+            history = [e if isinstance(e, Event) else _event(e) for e in ctx.get("history", ())]
             total = ctx.get("history_total")
-        x = self.features(cands, now, history, total)
-        n = len(cands)
-        mods = [m for m in self.modalities] if explain else []
+        x = self._at(feed, now)
+        h = self.history_inputs(now, history, total)
+        x = {key: (x[key] if key.startswith("cand_") else h[key]) for key in self.input_names}
+        mods = list(self.modalities) if explain else []
         if mods:
             # one batched call: the request, then a copy per modality with that modality masked out
             # (candidates are scored independently, so stacking them along N is exact)
@@ -293,20 +371,16 @@ class Reranker:
         if not np.isfinite(score).all():
             raise DataError("the model produced non-finite scores for this feed; check the inputs it was given.")
         signals = state.creator_signals(now) if state is not None else _creator_signals(history, now)
-        ages_h = np.maximum(now - np.array([c.upload_ts for c in cands], np.float64), 0.0) / 3600.0
-        creators = [c.creator_id for c in cands]
-        order, final = apply_policy(self.policy, score, out.get("fused"), creators, ages_h, signals, k)
+        ages_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0
+        order, final = apply_policy(self.policy, score, out.get("fused"), feed.creators, ages_h, signals, k)
         o = np.asarray(order, dtype=np.int64)
-        keys = ("rank", "item_id", "creator_id", "score", "final_score", "p_click", "p_finish", "p_like")
-        res = [dict(zip(keys, row)) for row in zip(
-            range(1, len(order) + 1), [cands[i].item_id for i in order], [cands[i].creator_id for i in order],
-            score[o].tolist(), np.asarray(final)[o].tolist(), out["p_click"][o].tolist(),
-            out["p_finish"][o].tolist(), out["p_like"][o].tolist())]
+        cols: dict[str, Any] = {"item_id": feed.item_ids[o], "creator_id": [feed.creators[i] for i in o.tolist()],
+                                "score": score[o], "final_score": np.asarray(final, np.float64)[o]}
+        for key in ("p_click", "p_finish", "p_like"):
+            cols[key] = out[key][o]
         if mods:
-            lost = {m: (score[o] - masked[m][o]).tolist() for m in mods}
-            for r, row in enumerate(res):
-                row["explanation"] = {m: lost[m][r] for m in mods}
-        return res
+            cols["explanation"] = {m: score[o] - masked[m][o] for m in mods}
+        return Ranking(cols)
 
 
 def _event(d: Mapping[str, Any]) -> Event:

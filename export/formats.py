@@ -73,6 +73,7 @@ class ExportContext:
     int8_mode: str = "dynamic"                             # onnx int8: dynamic | nncf
     coreml_flexible: bool = False                          # one RangeDim model instead of buckets
     stem: str = "student"
+    lean: bool = True                                      # trace forward_request (see request_forward)
 
 
 class Exporter(Protocol):
@@ -84,28 +85,37 @@ class Exporter(Protocol):
         ...
 
 
+def request_forward(model: torch.nn.Module, lean: bool = True) -> Callable[..., dict[str, torch.Tensor]]:
+    """What the exporters trace for one request: the model's ``forward_request`` (the same arithmetic
+    without shape bookkeeping, :meth:`Student.forward_request`) when it has one and ``lean`` is set, else
+    its ``forward``. The export stage sets ``lean`` only after checking on real requests that the two
+    agree, so a subclass that changes ``forward`` alone is still exported as it computes."""
+    fn = getattr(model, "forward_request", None) if lean else None
+    return fn or model
+
+
 class PositionalWrapper(torch.nn.Module):
     """The ranker with positional inputs in contract order and a tuple of :data:`EXPORT_OUTPUTS`
     (what the tracing exporters want)."""
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str]) -> None:
+    def __init__(self, model: torch.nn.Module, input_names: list[str], lean: bool = True) -> None:
         super().__init__()
-        self.model, self.names = model, list(input_names)
+        self.model, self.names, self.lean = model, list(input_names), lean
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.names, args)))
+        out = request_forward(self.model, self.lean)(**dict(zip(self.names, args)))
         return tuple(out[k] for k in EXPORT_OUTPUTS)
 
 
 class NamedWrapper(torch.nn.Module):
     """Keyword inputs and a dict of outputs, so LiteRT's signature carries the contract's names."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, lean: bool = True) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.lean = model, lean
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.model(**inputs)
+        out = request_forward(self.model, self.lean)(**inputs)
         return {k: out[k] for k in EXPORT_OUTPUTS}
 
 
@@ -158,7 +168,7 @@ class OnnxExporter:
         requires("onnx")
         dyn = {k: {0: "N"} for k in ctx.input_names if k.startswith("cand_")}
         dyn.update({k: {0: "N"} for k in EXPORT_OUTPUTS})
-        wrapped = PositionalWrapper(model, ctx.input_names).eval()
+        wrapped = PositionalWrapper(model, ctx.input_names, ctx.lean).eval()
         import warnings
 
         with warnings.catch_warnings(), _quiet():
@@ -313,7 +323,7 @@ class TFLiteExporter:
             out = ctx.models_dir / f"{ctx.stem}.{precision}.n{b}.tflite"
             x = ctx.example(b)
             with _quiet():
-                em = litert_torch.convert(NamedWrapper(model).eval(), (), sample_kwargs=x)
+                em = litert_torch.convert(NamedWrapper(model, ctx.lean).eval(), (), sample_kwargs=x)
                 if precision == "fp32":
                     em.export(str(out))
                 else:
@@ -360,7 +370,7 @@ class CoreMLExporter:
             out = ctx.models_dir / f"{ctx.stem}.{precision}.{tag}.mlpackage"
             n = b or ctx.buckets[0]
             ex = _ex_tuple(ctx, n)
-            wrapped = PositionalWrapper(model, ctx.input_names).eval()
+            wrapped = PositionalWrapper(model, ctx.input_names, ctx.lean).eval()
             with _quiet():
                 if b is None:
                     dim = torch.export.Dim("N", min=1, max=MAX_N)
@@ -425,7 +435,7 @@ class ExecuTorchExporter:
         exir = requires("executorch.exir")
         xnn = requires("executorch.backends.xnnpack.partition.xnnpack_partitioner")
         out = ctx.models_dir / f"{ctx.stem}.{precision}.pte"
-        wrapped = PositionalWrapper(model, ctx.input_names).eval()
+        wrapped = PositionalWrapper(model, ctx.input_names, ctx.lean).eval()
         ex = _ex_tuple(ctx, 32)
         dim = torch.export.Dim("N", min=1, max=MAX_N)
         shapes = tuple({0: dim} if k.startswith("cand_") else None for k in ctx.input_names)

@@ -231,6 +231,7 @@ def export_bundle(
     reqs = real_requests(ds, fb, split, parity_requests)
     ref = torch_outputs(model, reqs)
     ref_q = quality([r["score"] for r in ref], reqs.labels)
+    lean, lean_diff = _lean_forward_agrees(model, reqs, ref)
     input_names = list(model.input_names)
     longest = max(range(len(reqs.inputs)), key=lambda i: len(reqs.labels[i]))
 
@@ -247,7 +248,7 @@ def export_bundle(
         models_dir.mkdir()
         ctx = ExportContext(input_names=input_names, hist_len=int(meta["hist_len"]), buckets=buckets,
                             models_dir=models_dir, example=example, calibration=reqs.inputs[:64],
-                            int8_mode=int8_mode, coreml_flexible=coreml_flexible)
+                            int8_mode=int8_mode, coreml_flexible=coreml_flexible, lean=lean)
         exports: dict[str, dict[str, Any]] = {}
         artifacts: list[Artifact] = []
         golden_engines: dict[str, Any] = {}
@@ -272,6 +273,7 @@ def export_bundle(
             "sdk_version": __version__, "student": str(student_dir), "split": split,
             "parity_requests": len(reqs.inputs), "reference": {"engine": "pytorch fp32", **ref_q},
             "gates": asdict(gates), "buckets": buckets, "int8_mode": int8_mode,
+            "traced": {"forward": "forward_request" if lean else "forward", "max_abs_diff_vs_forward": lean_diff},
             "exports": exports, "gate_failures": failures, "ok": not failures,
         }
         write_json(stage / "export_report.json", report)
@@ -293,6 +295,21 @@ def export_bundle(
     report["bundle"] = {"path": str(out), "zip": str(zip_path), "files": len(manifest["files"]),
                         "manifest_sha256": sha256_file(out / MANIFEST), "zip_bytes": zip_path.stat().st_size}
     return report
+
+
+def _lean_forward_agrees(model: torch.nn.Module, reqs: Requests, ref: list[dict[str, np.ndarray]],
+                         n: int = 16, atol: float = 1e-5) -> tuple[bool, float | None]:
+    """Whether the model's ``forward_request`` (what is traced when it agrees) gives its ``forward``
+    outputs on the first ``n`` real requests, and the largest difference seen."""
+    fn = getattr(model, "forward_request", None)
+    if fn is None:
+        return False, None
+    worst = 0.0
+    with torch.no_grad():
+        for x, want in zip(reqs.inputs[:n], ref[:n]):
+            got = fn(**{k: torch.from_numpy(v) for k, v in x.items()})
+            worst = max(worst, max(float(np.abs(got[k].numpy() - want[k]).max()) for k in EXPORT_OUTPUTS))
+    return worst <= atol, worst
 
 
 def _training(student_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:

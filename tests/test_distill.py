@@ -69,6 +69,25 @@ def test_structural_pruning_shrinks_and_round_trips(tiny_world, tmp_path):
     assert meta["input_names"] == input_names(fb.modalities)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_exported_single_request_forward_equals_the_training_forward(tiny_world, heads):
+    """What the exporters trace (``forward_request``: no shape arithmetic) computes exactly what the
+    model trains and is verified with — missing modalities, padded history and several heads included."""
+    fb = FeatureBuilder.from_dataset(tiny_world, 8)
+    s = _student(tiny_world, fb, num_heads=heads, head_dim=8).eval()
+    x = s.example_inputs(n=23, hist_len=8)
+    m = next(iter(s.modalities))
+    x[f"cand_mask_{m}"][::3] = 0
+    x[f"cand_{m}"][::3] = 0
+    x["hist_weight"][:3] = 0
+    x["hist_emb"][:3] = 0
+    with torch.no_grad():
+        a, b = s(**x), s.forward_request(**x)
+    for k in ("score", "p_click", "p_finish", "p_like", "fused"):
+        assert a[k].shape == b[k].shape
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
 def test_masking_importance_reports_every_modality(tiny_world, teacher_dir):
     teacher, meta = load_teacher(teacher_dir)
     fb = FeatureBuilder.from_dataset(tiny_world, meta["hist_len"])

@@ -29,6 +29,8 @@ def manifest(bundle: Path) -> dict:
 def test_every_format_exports_and_passes_parity(tiny_run, manifest):
     rep = json.loads((tiny_run / "bundle" / "export_report.json").read_text())
     assert rep["gate_failures"] == [] and rep["ok"]
+    # the lean single-request graph was traced, after it matched the training forward on real requests
+    assert rep["traced"]["forward"] == "forward_request" and rep["traced"]["max_abs_diff_vs_forward"] <= 1e-5
     for fmt in FORMATS:
         for prec in ("fp32", "int8"):
             row = rep["exports"][fmt][prec]
@@ -188,6 +190,8 @@ def test_a_failing_format_is_reported_with_its_op_and_the_others_still_export(ti
     assert not cm["ok"] and "bucketize" in cm["error"] and "coreml/fp32" in cm["error"]
     assert rep["exports"]["onnx"]["fp32"]["ok"] and rep["exports"]["onnx"]["fp32"]["spearman"] > 0.9999
     assert rep["gate_failures"] == [cm["error"]]
+    # its forward differs from the lean single-request graph, so the plain forward was traced
+    assert rep["traced"]["forward"] == "forward" and rep["traced"]["max_abs_diff_vs_forward"] > 1e-4
     m = verify_bundle(tmp_path / "b")
     assert {a["format"] for a in m["artifacts"]} == {"onnx", "ort"}
     assert not list((tmp_path / "b" / "models").glob("*.mlpackage"))
