@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,export,dev
+EXTRAS ?= train,export,featurize,dev
 PRESET ?= default
 RUN ?= runs/$(PRESET)
 

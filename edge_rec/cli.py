@@ -68,11 +68,33 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     if args.format == "kuairand":
         kwargs["impressions_per_request"] = args.impressions_per_request
     ds = convert(args.format, args.src, **kwargs)
+    joined = None
+    if args.items:
+        from edge_rec.distill.featurize import attach_items
+
+        ds, joined = attach_items(ds, args.items)
     out = ds.save(args.out, overwrite=args.overwrite)
     info = inspect(ds)
+    if joined is not None:
+        info["featurized_items"] = joined
     write_json(out / "report.json", info)
     print(f"wrote {out} ({info['users']} users, {info['items']} items, {info['interactions']} interactions); "
           f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    from edge_rec.distill.featurize import featurize, parse_dims
+
+    rep = featurize(args.videos, args.out, args.captions, dims=parse_dims(args.dims), pca=args.pca,
+                    frames=args.frames, batch_frames=args.batch_frames, pack=args.pack, overwrite=args.overwrite,
+                    progress=not args.no_progress, threads=args.threads)
+    t = rep["timing"]
+    print(f"featurized {rep['featurized']} of {rep['videos']} videos into {args.out} ({t['videos_per_s']:.2f} videos/s; "
+          + ", ".join(f"{k} {v:.0%}" for k, v in t["share"].items()) + ")")
+    for f in rep["failures"]:
+        print(f"  skipped {f['file']} ({f['stage']}): {f['error']}")
+    print(f"report: {Path(args.out) / 'featurize_report.json'}")
     return 0
 
 
@@ -357,8 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--impressions-per-request", type=int, default=1,
                    help="kuairand without timestamps: consecutive impressions per request")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--items", help="a featurize output folder: join its embeddings and captions on item id")
     c.add_argument("--overwrite", action="store_true")
     c.set_defaults(func=cmd_data_convert)
+
+    fz = sub.add_parser("featurize", help="videos + captions -> item embeddings (visual, audio, text) and the "
+                                          "packed vectors a server sends")
+    fz.add_argument("--videos", required=True, help="folder of video files (.mp4, .mov, .mkv, .webm, ...)")
+    fz.add_argument("--captions", help="CSV with a 'video' column (file name) and caption, hashtags, item_id, "
+                                       "creator_id, upload_ts")
+    fz.add_argument("--out", required=True)
+    fz.add_argument("--dims", default=None, help="PCA dims per modality, e.g. visual=64,audio=32,text=48 (default), "
+                                                 "or 'none' to keep the encoders' dims")
+    fz.add_argument("--pca", help="apply the PCA of an earlier featurize output (folder or pca.safetensors)")
+    fz.add_argument("--frames", type=int, default=8, help="frames sampled per video")
+    fz.add_argument("--batch-frames", type=int, default=32, help="frames per CNN batch")
+    fz.add_argument("--pack", default="int8", choices=["int8", "fp16"], help="how feed_items.jsonl packs vectors")
+    fz.add_argument("--threads", type=int, default=None)
+    fz.add_argument("--overwrite", action="store_true")
+    fz.add_argument("--no-progress", action="store_true")
+    fz.set_defaults(func=cmd_featurize)
     i = dsub.add_parser("inspect", help="summarise a dataset folder (also written as JSON)")
     i.add_argument("dir")
     i.add_argument("--json", help="where to write the JSON summary (default DIR/inspect.json)")
