@@ -1,0 +1,50 @@
+"""The app prototype's Kotlin core (JUnit 5 on the JVM, the real ONNX Runtime library through JNA) and
+its mobile-web prototype (headless Chromium, onnxruntime-web), both against the tiny pipeline's bundle
+and the Python runtime's own rankings: one golden contract for Python, JVM and browser."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_rec.policy import PostRankPolicy
+from edge_rec.runtime import Reranker
+
+DEMO = Path(__file__).resolve().parents[1] / "android_demo"
+
+
+def python_rankings(bundle: Path, out: Path) -> Path:
+    """What the Python runtime ranks for the bundle's sample feed (int8 ONNX), policy on and off."""
+    feed = json.loads((bundle / "sample_feed.json").read_text())
+    ctx = {"now": feed["now"], "history": feed["history"], "history_total": feed.get("history_total")}
+    res = {}
+    for key, pol in (("policy_on", PostRankPolicy()), ("policy_off", PostRankPolicy(enabled=False))):
+        rr = Reranker.open(bundle, backend="onnx", precision="int8", policy=pol)
+        res[key] = rr.rerank(feed["candidates"], context=ctx).to_list()
+    out.write_text(json.dumps(res))
+    return out
+
+
+def _ort_library() -> str:
+    import onnxruntime
+
+    lib = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    if not lib:
+        pytest.fail("onnxruntime's shared library was not found inside the wheel")
+    return str(lib[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the JVM suite loads the Linux onnxruntime library")
+def test_kotlin_core_passes_its_junit_suite_with_the_real_engine(bundle, tmp_path):
+    expected = python_rankings(bundle, tmp_path / "expected.json")
+    res = subprocess.run([str(DEMO / "run_jvm_tests.sh"), str(bundle), str(expected), _ort_library()],
+                         capture_output=True, text=True, timeout=900)
+    tail = (res.stdout + res.stderr).strip().splitlines()
+    summary = tail[-1] if tail else ""
+    assert res.returncode == 0 and summary.endswith(" 0 failed"), "\n".join(tail[-40:])
+    assert int(summary.split()[0]) >= 6
