@@ -48,3 +48,15 @@ def test_kotlin_core_passes_its_junit_suite_with_the_real_engine(bundle, tmp_pat
     summary = tail[-1] if tail else ""
     assert res.returncode == 0 and summary.endswith(" 0 failed"), "\n".join(tail[-40:])
     assert int(summary.split()[0]) >= 6
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="installs Debian's Chromium")
+def test_web_prototype_in_a_real_headless_browser(bundle, tmp_path):
+    expected = python_rankings(bundle, tmp_path / "expected.json")
+    res = subprocess.run([str(DEMO / "web" / "run_browser_tests.sh"), str(bundle), str(expected), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=900)
+    tail = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == 0 and tail and tail[-1].endswith(" 0 failed"), "\n".join(tail[-40:])
+    assert int(tail[-1].split()[0]) == 4
+    assert (tmp_path / "out" / "web_prototype.png").stat().st_size > 10_000
