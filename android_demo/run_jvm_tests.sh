@@ -38,7 +38,7 @@ SRC_HASH=$(cat $(find "$HERE/core/src" -name '*.kt' | sort) | sha256sum | cut -c
 if [ ! -f "$BUILD/$SRC_HASH.ok" ]; then
   rm -rf "$BUILD"; mkdir -p "$BUILD/classes"
   "$KOTLINC" -jvm-target 17 -nowarn -cp "$JNA:$JSON:$JUNIT" -d "$BUILD/classes" \
-    $(find "$HERE/core/src/main/kotlin" "$HERE/core/src/test/kotlin" -name '*.kt' | sort)
+    $(find "$HERE/core/src/main/kotlin" "$HERE/core/src/jvm/kotlin" "$HERE/core/src/test/kotlin" -name '*.kt' | sort)
   touch "$BUILD/$SRC_HASH.ok"
 fi
 

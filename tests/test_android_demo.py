@@ -60,3 +60,12 @@ def test_web_prototype_in_a_real_headless_browser(bundle, tmp_path):
     assert res.returncode == 0 and tail and tail[-1].endswith(" 0 failed"), "\n".join(tail[-40:])
     assert int(tail[-1].split()[0]) == 4
     assert (tmp_path / "out" / "web_prototype.png").stat().st_size > 10_000
+
+
+def test_the_kotlin_core_stays_pure():
+    """The core compiles into the Android app as is: no android.* and no JNA in src/main."""
+    src = list((DEMO / "core" / "src" / "main" / "kotlin").rglob("*.kt"))
+    assert len(src) >= 5
+    for f in src:
+        text = f.read_text()
+        assert "import android." not in text and "com.sun.jna" not in text, f

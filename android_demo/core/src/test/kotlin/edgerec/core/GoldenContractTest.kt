@@ -76,7 +76,7 @@ class GoldenContractTest {
     fun `ONNX Runtime through JNA gives every onnx and ort file's golden outputs`() {
         var checked = 0
         for (a in bundle.artifacts.filter { it.format == "onnx" || it.format == "ort" }) {
-            OrtEngine(ortLib, File(bundleDir, a.path).path).use { eng ->
+            OrtJnaEngine(ortLib, File(bundleDir, a.path).path).use { eng ->
                 for (c in 0 until golden.length()) {
                     val case = golden.getJSONObject(c)
                     val out = eng.run(inputs(case))
@@ -93,7 +93,7 @@ class GoldenContractTest {
     @Test
     fun `bucket padding and chunking change no real score`() {
         val path = File(bundleDir, bundle.group("onnx", "fp32").first().path).path
-        OrtEngine(ortLib, path).use { eng ->
+        OrtJnaEngine(ortLib, path).use { eng ->
             val x = inputs(golden.getJSONObject(0))
             val plain = eng.run(x).getValue("score").data
             val n = x.getValue("cand_dense").rows
@@ -107,7 +107,7 @@ class GoldenContractTest {
     @Test
     fun `rerank gives the Python runtime's order and scores, with the policy on and off`() {
         val path = File(bundleDir, bundle.group("onnx", "int8").first().path).path
-        OrtEngine(ortLib, path).use { eng ->
+        OrtJnaEngine(ortLib, path).use { eng ->
             val rr = Reranker(bundle, eng)
             for ((key, policy) in listOf("policy_on" to PostRankPolicy(), "policy_off" to PostRankPolicy(enabled = false))) {
                 rr.policy = policy
