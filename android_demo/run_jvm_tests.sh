@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build the Kotlin core and run its JUnit 5 tests against a bundle with the real ONNX Runtime library.
 #
-#   android_demo/run_jvm_tests.sh BUNDLE_DIR EXPECTED_JSON ORT_LIBRARY
+#   android_demo/run_jvm_tests.sh BUNDLE_DIR EXPECTED_JSON ORT_LIBRARY LITERT_LIBRARY
 #
 # Installs what it needs when missing: a JDK, JUnit 5, JNA and Android's org.json (Debian packages),
 # and the Kotlin compiler (npm package kotlin-compiler, into android_demo/.tools). Prints the JUnit
 # summary and a last line "N passed, N failed"; exits non-zero when a test fails.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
-BUNDLE="$1"; EXPECTED="$2"; ORTLIB="$3"
+BUNDLE="$1"; EXPECTED="$2"; ORTLIB="$3"; LITERTLIB="$4"
 SCHEMA="$HERE/../edge_rec/bundle.schema.json"
 TOOLS="$HERE/.tools"; BUILD="$HERE/.build"
 KOTLIN_VERSION=2.4.20
@@ -43,7 +43,7 @@ if [ ! -f "$BUILD/$SRC_HASH.ok" ]; then
 fi
 
 set +e
-java -Djna.nosys=false -Dedgerec.bundle="$BUNDLE" -Dedgerec.schema="$SCHEMA" -Dedgerec.ortlib="$ORTLIB" \
+java -Djna.nosys=false -Dedgerec.bundle="$BUNDLE" -Dedgerec.schema="$SCHEMA" -Dedgerec.ortlib="$ORTLIB" -Dedgerec.litertlib="$LITERTLIB" \
   -Dedgerec.expected="$EXPECTED" -jar "$JUNIT" -cp "$BUILD/classes:$STDLIB:$JNA:$JSON" \
   --select-package edgerec.core --details=tree --disable-banner 2>&1 | tee "$BUILD/junit.log"
 rc=${PIPESTATUS[0]}

@@ -1,4 +1,4 @@
-"""The app prototype's Kotlin core (JUnit 5 on the JVM, the real ONNX Runtime library through JNA) and
+"""The app prototype's Kotlin core (JUnit 5 on the JVM, the real ONNX Runtime and LiteRT libraries through JNA) and
 its mobile-web prototype (headless Chromium, onnxruntime-web), both against the tiny pipeline's bundle
 and the Python runtime's own rankings: one golden contract for Python, JVM and browser."""
 
@@ -29,25 +29,28 @@ def python_rankings(bundle: Path, out: Path) -> Path:
     return out
 
 
-def _ort_library() -> str:
+def _engine_libraries() -> tuple[str, str]:
+    """The C libraries inside the onnxruntime and ai-edge-litert wheels (what an app links too)."""
+    import ai_edge_litert
     import onnxruntime
 
-    lib = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
-    if not lib:
-        pytest.fail("onnxruntime's shared library was not found inside the wheel")
-    return str(lib[0])
+    ort = sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so*"))
+    litert = Path(ai_edge_litert.__file__).parent / "libLiteRt.so"
+    if not ort or not litert.is_file():
+        pytest.fail("the onnxruntime / LiteRT shared libraries were not found inside their wheels")
+    return str(ort[0]), str(litert)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the JVM suite loads the Linux onnxruntime library")
-def test_kotlin_core_passes_its_junit_suite_with_the_real_engine(bundle, tmp_path):
+def test_kotlin_core_passes_its_junit_suite_with_both_real_engines(bundle, tmp_path):
     expected = python_rankings(bundle, tmp_path / "expected.json")
-    res = subprocess.run([str(DEMO / "run_jvm_tests.sh"), str(bundle), str(expected), _ort_library()],
+    res = subprocess.run([str(DEMO / "run_jvm_tests.sh"), str(bundle), str(expected), *_engine_libraries()],
                          capture_output=True, text=True, timeout=900)
     tail = (res.stdout + res.stderr).strip().splitlines()
     summary = tail[-1] if tail else ""
     assert res.returncode == 0 and summary.endswith(" 0 failed"), "\n".join(tail[-40:])
-    assert int(summary.split()[0]) >= 6
+    assert int(summary.split()[0]) >= 7
 
 
 @pytest.mark.slow

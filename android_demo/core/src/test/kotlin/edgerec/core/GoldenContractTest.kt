@@ -27,6 +27,7 @@ class GoldenContractTest {
     private val bundleDir = File(System.getProperty("edgerec.bundle") ?: error("set -Dedgerec.bundle"))
     private val schema = JSONObject(File(System.getProperty("edgerec.schema")).readText())
     private val ortLib = System.getProperty("edgerec.ortlib")
+    private val litertLib = System.getProperty("edgerec.litertlib")
     private val expected = JSONObject(File(System.getProperty("edgerec.expected")).readText())
     private val bundle = Bundle.open(bundleDir, schema)
     private val golden = JSONObject(File(bundleDir, "golden.json").readText()).getJSONArray("cases")
@@ -88,6 +89,40 @@ class GoldenContractTest {
             }
         }
         assertTrue(checked >= 4 * golden.length(), "expected fp32 and int8 .onnx and .ort files, checked $checked cases")
+    }
+
+    @Test
+    fun `LiteRT through JNA gives every tflite bucket's golden outputs, and as one bucketed engine`() {
+        var checked = 0
+        for (prec in listOf("fp32", "int8")) {
+            val group = bundle.group("tflite", prec)
+            assertTrue(group.isNotEmpty(), "no tflite/$prec files in the bundle")
+            val engines = group.associate { a -> a.bucket!! to LiteRtJnaEngine(litertLib, File(bundleDir, a.path).path) }
+            try {
+                for ((b, eng) in engines) assertEquals(b, eng.fixedN, "bucket read from the model")
+                for (c in 0 until golden.length()) {
+                    val case = golden.getJSONObject(c)
+                    val x = inputs(case)
+                    val n = x.getValue("cand_dense").rows
+                    for (a in group) {                             // each file on its own, padded to its bucket
+                        if (a.bucket!! < n) continue
+                        val out = engines.getValue(a.bucket).run(x.mapValues { (k, t) -> if (k.startsWith("cand_")) padRows(t, a.bucket) else t })
+                        val want = case.getJSONObject("artifacts").getJSONObject(a.path)
+                        for (k in listOf("score", "p_click", "p_finish", "p_like"))
+                            assertClose(tensor(want.getJSONObject(k)).data, sliceRows(out.getValue(k), 0, n).data, 1e-5, "${a.path} ${case.getString("name")} $k")
+                        checked++
+                    }
+                    val all = Bucketed(engines).run(x)                 // the smallest bucket that fits
+                    val chosen = group.filter { it.bucket!! >= n }.minByOrNull { it.bucket!! } ?: group.maxBy { it.bucket!! }
+                    if (chosen.bucket!! >= n)
+                        assertClose(tensor(case.getJSONObject("artifacts").getJSONObject(chosen.path).getJSONObject("score")).data,
+                                    all.getValue("score").data, 1e-5, "bucketed ${chosen.path}")
+                }
+            } finally {
+                engines.values.forEach { it.close() }
+            }
+        }
+        assertTrue(checked >= 2 * golden.length(), "checked $checked bucket runs")
     }
 
     @Test
