@@ -61,7 +61,7 @@ def test_web_prototype_in_a_real_headless_browser(bundle, tmp_path):
                          capture_output=True, text=True, timeout=900)
     tail = (res.stdout + res.stderr).strip().splitlines()
     assert res.returncode == 0 and tail and tail[-1].endswith(" 0 failed"), "\n".join(tail[-40:])
-    assert int(tail[-1].split()[0]) == 4
+    assert int(tail[-1].split()[0]) == 6
     assert (tmp_path / "out" / "web_prototype.png").stat().st_size > 10_000
 
 

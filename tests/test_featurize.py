@@ -214,3 +214,16 @@ def test_visual_encoder_is_the_pretrained_network():
     with torch.no_grad():
         probs = load_efficientnet_lite0().logits(x).softmax(-1)[0]
     assert int(probs.argmax()) == 652 and float(probs[652]) > 0.2
+
+
+def test_a_missing_encoder_names_the_extra_to_install(corpus, tmp_path, monkeypatch):
+    """Without PyAV (or any encoder package) featurize stops before any work, naming the extra."""
+    import sys
+
+    from edge_rec.distill.featurize import featurize
+    from edge_rec.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "librosa", None)          # makes `import librosa` raise ImportError
+    with pytest.raises(MissingDependencyError, match=r"edge-rec\[featurize\]"):
+        featurize(corpus, tmp_path / "o")
+    assert not (tmp_path / "o").exists()

@@ -1,6 +1,6 @@
 // The feed page: bundle -> features -> onnxruntime-web (wasm) -> policy -> reranked feed -> feedback,
 // with the viewer's history kept in localStorage (it never leaves the device).
-import { DEFAULT_POLICY, applyPolicy, creatorSignals, features, readManifest } from "./core.js";
+import { DEFAULT_POLICY, applyPolicy, concatRows, creatorSignals, features, padRows, readManifest, sliceRows } from "./core.js";
 
 const params = new URLSearchParams(location.search);
 const BUNDLE = params.get("bundle") ?? "bundle";
@@ -22,11 +22,68 @@ function pickModel(m) {
   throw new Error("the bundle has no ONNX model that passed its gates");
 }
 
+/** onnxruntime-web (wasm) on the bundle's ONNX model: dynamic N. */
+async function ortEngine(manifest) {
+  const art = pickModel(manifest);
+  ort.env.wasm.numThreads = 1;
+  ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;
+  const session = await ort.InferenceSession.create(`${BUNDLE}/${art.path}`, { executionProviders: ["wasm"] });
+  return {
+    label: `onnxruntime-web ${ort.env.versions?.web ?? ""} · ${art.path.split("/").pop()}`, files: [art.path],
+    async run(x) {
+      const feeds = {};
+      for (const [k, t] of Object.entries(x)) feeds[k] = new ort.Tensor("float32", t.data, t.dims);
+      const out = await session.run(feeds);
+      return Object.fromEntries(Object.entries(out).map(([k, t]) => [k, { data: t.data, dims: t.dims }]));
+    },
+  };
+}
+
+/** LiteRT.js (wasm, XNNPack) on the bundle's .tflite buckets: padded to the smallest bucket that fits,
+ *  by repeating the last real candidate, and chunked beyond the biggest (as every other runtime does). */
+async function litertEngine(manifest, precision = params.get("precision") ?? "int8") {
+  const { loadLiteRt, loadAndCompile, Tensor } = await import("@litertjs/core");
+  S.litertLoaded ??= loadLiteRt(new URL("litert/core/wasm/", location.href).href);   // once per page
+  await S.litertLoaded;
+  const arts = manifest.artifacts.filter((a) => a.format === "tflite" && a.precision === precision).sort((a, b) => a.bucket - b.bucket);
+  if (!arts.length) throw new Error(`the bundle has no tflite/${precision} models`);
+  const models = new Map();
+  for (const a of arts) models.set(a.bucket, await loadAndCompile(`${BUNDLE}/${a.path}`, { accelerator: "wasm" }));
+  const runBucket = async (x, n, bucket) => {
+    const inputs = {};
+    for (const [k, t] of Object.entries(x)) {
+      const padded = k.startsWith("cand_") ? padRows(t, bucket) : t;
+      inputs[k] = new Tensor(padded.data, padded.dims);
+    }
+    const out = await models.get(bucket).run(inputs);
+    const res = {};
+    for (const [k, t] of Object.entries(out)) {
+      const data = t.toTypedArray();
+      const width = data.length / bucket;
+      res[k] = { data: Float32Array.from(data.subarray(0, n * width)), dims: width === 1 ? [n] : [n, width] };
+      t.delete();
+    }
+    Object.values(inputs).forEach((t) => t.delete());
+    return res;
+  };
+  const buckets = arts.map((a) => a.bucket), big = buckets[buckets.length - 1];
+  return {
+    label: `LiteRT.js · ${arts.map((a) => a.path.split("/").pop()).join(", ")}`, files: arts.map((a) => a.path), runBucket,
+    async run(x) {
+      const n = x.cand_dense.dims[0], parts = [];
+      for (let lo = 0; lo < Math.max(n, 1); lo += big) {
+        const hi = Math.min(n, lo + big);
+        const chunk = Object.fromEntries(Object.entries(x).map(([k, t]) => [k, k.startsWith("cand_") ? sliceRows(t, lo, hi) : t]));
+        parts.push(await runBucket(chunk, hi - lo, buckets.find((b) => b >= hi - lo) ?? big));
+      }
+      return Object.fromEntries(Object.keys(parts[0]).map((k) => [k, concatRows(parts.map((p) => p[k]))]));
+    },
+  };
+}
+
 async function score(cands, now) {
   const x = features(S.spec, cands, now, S.history, S.total + S.added);
-  const feeds = {};
-  for (const [k, t] of Object.entries(x)) feeds[k] = new ort.Tensor("float32", t.data, t.dims);
-  const out = await S.session.run(feeds);
+  const out = await S.engine.run(x);
   return { score: Float64Array.from(out.score.data), p_click: out.p_click.data, p_finish: out.p_finish.data,
            p_like: out.p_like.data, fused: out.fused?.data, fusedDim: out.fused?.dims[1] };
 }
@@ -83,11 +140,8 @@ async function feedback(kind) {
 async function boot() {
   const [manifest, feed] = await Promise.all([getJson(`${BUNDLE}/manifest.json`), getJson(`${BUNDLE}/sample_feed.json`)]);
   S.spec = readManifest(manifest);
-  const art = pickModel(manifest);
-  ort.env.wasm.numThreads = 1;
-  ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;
-  S.session = await ort.InferenceSession.create(`${BUNDLE}/${art.path}`, { executionProviders: ["wasm"] });
-  S.model = art;
+  S.manifest = manifest;
+  S.engine = params.get("engine") === "litert" ? await litertEngine(manifest) : await ortEngine(manifest);
   S.feed = feed;
   S.policy = { ...DEFAULT_POLICY };
   S.now = feed.now;
@@ -96,7 +150,7 @@ async function boot() {
   S.history = stored ? JSON.parse(stored) : feed.history.slice();
   S.total = feed.history_total ?? feed.history.length;
   S.added = stored ? S.history.length - feed.history.length : 0;
-  document.getElementById("engine").textContent = `onnxruntime-web ${ort.env.versions?.web ?? ""} · ${art.path.split("/").pop()}`;
+  document.getElementById("engine").textContent = S.engine.label;
   await rerank();
   render();
   const card = document.getElementById("now");
@@ -114,7 +168,23 @@ async function boot() {
 window.edgeRec = {
   ready: boot().then(() => true, (e) => { document.getElementById("status").textContent = `error: ${e.message}`; throw e; }),
   ranking: () => S.ranking.map((r) => ({ ...r })),
-  model: () => S.model.path,
+  model: () => S.engine.files[0],
+  engine: () => S.engine.label,
+  /** every .tflite file of the bundle run by LiteRT.js on one golden case's inputs (padded to its bucket) */
+  litertGolden: async (inputs) => {
+    const out = {};
+    for (const prec of ["fp32", "int8"]) {
+      const eng = await litertEngine(S.manifest, prec);
+      const x = Object.fromEntries(Object.entries(inputs).map(([k, t]) => [k, { data: Float32Array.from(t.data), dims: t.shape }]));
+      const n = x.cand_dense.dims[0];
+      for (const path of eng.files) {
+        const bucket = S.manifest.artifacts.find((a) => a.path === path).bucket;
+        if (bucket < n) continue;
+        out[path] = Array.from((await eng.runBucket(x, n, bucket)).score.data);
+      }
+    }
+    return out;
+  },
   /** scores of the sample feed's candidates, in feed order, at the feed's own time (the golden request) */
   goldenScores: async () => { const o = await score(S.feed.candidates, S.feed.now); return { item_ids: S.feed.candidates.map((c) => c.item_id), score: Array.from(o.score) }; },
   skip: () => feedback("skip"),

@@ -151,3 +151,27 @@ export function creatorSignals(history, now) {
   }
   return s;
 }
+
+/** Rows [lo, hi) of a {data, dims} tensor. */
+export function sliceRows(t, lo, hi) {
+  const r = t.dims.slice(1).reduce((a, b) => a * b, 1);
+  return { data: t.data.subarray(lo * r, hi * r), dims: [hi - lo, ...t.dims.slice(1)] };
+}
+
+/** Pad to n rows by repeating the last row: int8 models with dynamic activation ranges then see no new min or max. */
+export function padRows(t, n) {
+  const rows = t.dims[0];
+  if (rows >= n || rows === 0) return t;
+  const r = t.dims.slice(1).reduce((a, b) => a * b, 1), out = new Float32Array(n * r);
+  out.set(t.data.subarray(0, rows * r));
+  for (let i = rows; i < n; i++) out.set(t.data.subarray((rows - 1) * r, rows * r), i * r);
+  return { data: out, dims: [n, ...t.dims.slice(1)] };
+}
+
+export function concatRows(ts) {
+  if (ts.length === 1) return ts[0];
+  const data = new Float32Array(ts.reduce((a, t) => a + t.data.length, 0));
+  let o = 0;
+  for (const t of ts) { data.set(t.data, o); o += t.data.length; }
+  return { data, dims: [ts.reduce((a, t) => a + t.dims[0], 0), ...ts[0].dims.slice(1)] };
+}

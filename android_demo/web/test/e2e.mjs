@@ -21,7 +21,8 @@ mkdirSync(OUT, { recursive: true });
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css",
   ".json": "application/json", ".wasm": "application/wasm", ".webmanifest": "application/manifest+json" };
-const ROOTS = [["/ort/", join(WEB, "node_modules", "onnxruntime-web", "dist")], ["/bundle/", BUNDLE], ["/", WEB]];
+const ROOTS = [["/ort/", join(WEB, "node_modules", "onnxruntime-web", "dist")], ["/litert/", join(WEB, "node_modules", "@litertjs")],
+               ["/bundle/", BUNDLE], ["/", WEB]];
 const server = createServer((req, res) => {
   const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
   for (const [prefix, dir] of ROOTS) {
@@ -81,6 +82,27 @@ try {
       assert(worst <= 1e-5, `final scores differ by ${worst}`);
     });
   }
+  await check("LiteRT.js gives every .tflite bucket's golden outputs (1e-5)", async () => {
+    const got = await page.evaluate((inputs) => window.edgeRec.litertGolden(inputs), golden.inputs);
+    const files = Object.keys(got);
+    assert(files.length >= 2, `only ${files.length} tflite files ran`);
+    for (const f of files) {
+      const want = golden.artifacts[f].score.data;
+      const worst = Math.max(...want.map((w, i) => Math.abs(w - got[f][i])));
+      assert(worst <= 1e-5, `${f}: max abs difference ${worst}`);
+    }
+  });
+  await check("the feed also runs on LiteRT.js (.tflite buckets)", async () => {
+    const p2 = await ctx.newPage();
+    const errs = [];
+    p2.on("pageerror", (e) => errs.push(e.message));
+    await p2.goto(`${base}/index.html?nosw&engine=litert`);
+    await p2.evaluate(() => window.edgeRec.ready);
+    const label = await p2.evaluate(() => window.edgeRec.engine());
+    const r = await p2.evaluate(() => window.edgeRec.ranking());
+    assert(label.startsWith("LiteRT.js") && r.length === golden.item_ids.length && errs.length === 0, `${label}; ${errs.join("; ")}`);
+    await p2.close();
+  });
   await check("swiping up skips the item, penalises its creator and reorders what comes next", async () => {
     let reordered = false, penalised = 0;
     for (let s = 0; s < 3; s++) {
