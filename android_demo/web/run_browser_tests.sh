@@ -9,7 +9,8 @@ BUNDLE="$1"; EXPECTED="${2:-}"; OUT="${3:-$HERE/.test-out}"
 if ! command -v chromium >/dev/null && [ -z "${CHROMIUM:-}" ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "installing chromium (apt)"
-  $SUDO apt-get update -qq >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || {
+    $SUDO apt-get update -qq >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 if [ ! -d "$HERE/node_modules/onnxruntime-web" ] || [ ! -d "$HERE/node_modules/playwright-core" ] || [ ! -d "$HERE/node_modules/@litertjs/core" ]; then
   echo "installing onnxruntime-web, @litertjs/core and playwright-core (npm)"
