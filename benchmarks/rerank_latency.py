@@ -2,16 +2,16 @@
 
     .venv/bin/python benchmarks/rerank_latency.py --run runs/default [--candidates 200] [--repeats 2000]
 
-One request of N candidates (the pipeline's ``sample_feed.json``, its candidates repeated with new ids
-up to N), int8 ONNX student (``student.int8.onnx``), 1 thread, measured side by side in one process,
-interleaved call by call so that the machine's noise falls on every row alike:
+One page of N distinct candidates (the pipeline's sample request grown to N with other items that existed
+at its time, ``distill.feed.page_feed``), int8 ONNX student (``student.int8.onnx``), 1 thread, measured
+side by side in one process, interleaved call by call so that the machine's noise falls on every row alike:
 
 * ``rerank()`` at a swipe: a feed prepared once (``Reranker.prepare``), then history inputs, engine,
   post-ranking policy (MMR + creator cap + penalties + freshness) and the ranking — with the policy on
   (the default) and off (the model's order);
 * ``rerank()`` on a new page: the same plus checking the raw feed and building its inputs;
 * the bare engine call on prepared inputs (``Reranker.score``);
-* the teacher (PyTorch fp32, 1 thread) on the same request's inputs.
+* the teacher (PyTorch fp32, 1 thread) on a request of the same size (its cost does not depend on the values).
 
 Prints medians and p99 and writes ``RUN/rerank_latency.json``. Targets on a 2-core CPU machine (from
 issue #6): rerank p50 <= 1 ms, p99 <= 2 ms, wrapper overhead <= 25 % of the engine time, teacher >= 20x
@@ -57,9 +57,12 @@ def main() -> None:
     from edge_rec.policy import PostRankPolicy
     from edge_rec.runtime import Candidate, Reranker, _event
 
-    feed = json.loads((run / "sample_feed.json").read_text())
-    base = feed["candidates"]
-    cands = [Candidate.from_dict(dict(base[i % len(base)], item_id=10**6 + i)) for i in range(args.candidates)]
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.feed import page_feed
+
+    ds = Dataset.load(run / "data")
+    feed = page_feed(ds, json.loads((run / "sample_feed.json").read_text())["request"], args.candidates)
+    cands = [Candidate.from_dict(c) for c in feed["candidates"]]
     history = [_event(e) for e in feed["history"]]
     ctx = {"now": feed["now"], "history": history, "history_total": feed["history_total"]}
     rr = Reranker.open(run / "bundle", backend="onnx", precision="int8", threads=args.threads)
@@ -68,13 +71,11 @@ def main() -> None:
 
     import torch
 
-    from edge_rec.distill.dataset import Dataset
     from edge_rec.distill.features import FeatureBuilder
     from edge_rec.distill.teacher_stage import load_teacher
 
     torch.set_num_threads(args.threads)
     teacher, meta = load_teacher(run / "teacher")
-    ds = Dataset.load(run / "data")
     fb = FeatureBuilder.from_dataset(ds, int(meta.get("hist_len", 20)))
     f = fb.build(ds, np.array([feed["request"]]))
     valid = f["valid"][0] > 0

@@ -28,19 +28,39 @@ def _emb(v: np.ndarray, int8: bool) -> Any:
     return [float(x) for x in np.asarray(v, np.float16).astype(np.float32)]
 
 
+def item_candidates(ds: Dataset, items_idx: Any, now: float, int8_embeddings: bool = False) -> list[dict[str, Any]]:
+    """Items (dataset row indices) as feed candidates at time ``now``: what the server knows of each
+    (clicks before ``now``) and every modality it has."""
+    it, items = ds.interactions, ds.items
+    clicked = it["click"] > 0
+    out = []
+    for c in np.asarray(items_idx).tolist():
+        before = int((clicked & (it["item"] == c) & (it["ts"] < now)).sum())
+        embs = {m: _emb(ds.embeddings[m][c], int8_embeddings) for m in ds.embeddings if ds.present[m][c]}
+        out.append({"item_id": int(items["item_id"][c]), "creator_id": int(items["creator_id"][c]),
+                    "duration_s": float(items["duration_s"][c]), "upload_ts": float(items["upload_ts"][c]),
+                    "clicks": before, "embeddings": embs})
+    return out
+
+
+def page_feed(ds: Dataset, r: int, n: int, seed: int = 0) -> dict[str, Any]:
+    """Request ``r``'s feed grown to ``n`` distinct candidates with items that existed at its time (a
+    page as a server would send it; for benchmarks of feeds larger than the logged requests)."""
+    feed = request_feed(ds, r)
+    now = feed["now"]
+    have = {c["item_id"] for c in feed["candidates"]}
+    pool = np.flatnonzero((ds.items["upload_ts"] <= now) & ~np.isin(ds.items["item_id"], list(have)))
+    extra = np.random.default_rng(seed).choice(pool, size=min(len(pool), max(0, n - len(have))), replace=False)
+    feed["candidates"] += item_candidates(ds, np.sort(extra), now)
+    return feed
+
+
 def request_feed(ds: Dataset, r: int, history: int = 50, int8_embeddings: bool = False) -> dict[str, Any]:
     """Request ``r`` of ``ds`` as a feed: its valid candidates and the viewer's last ``history`` events."""
     rq, it, items = ds.requests, ds.interactions, ds.items
     now = float(rq["ts"][r])
     cand = rq["cand"][r][rq["cand"][r] >= 0]
-    clicked = it["click"] > 0
-    cands = []
-    for c in cand.tolist():
-        before = int((clicked & (it["item"] == c) & (it["ts"] < now)).sum())
-        embs = {m: _emb(ds.embeddings[m][c], int8_embeddings) for m in ds.embeddings if ds.present[m][c]}
-        cands.append({"item_id": int(items["item_id"][c]), "creator_id": int(items["creator_id"][c]),
-                      "duration_s": float(items["duration_s"][c]), "upload_ts": float(items["upload_ts"][c]),
-                      "clicks": before, "embeddings": embs})
+    cands = item_candidates(ds, cand, now, int8_embeddings)
     start = int(ds.user_offsets()[rq["user"][r]])
     end = int(rq["hist_end"][r])
     events = []
