@@ -4,29 +4,25 @@ and the Python runtime's own rankings: one golden contract for Python, JVM and b
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edge_rec.policy import PostRankPolicy
-from edge_rec.runtime import Reranker
-
 DEMO = Path(__file__).resolve().parents[1] / "android_demo"
 
 
-def python_rankings(bundle: Path, out: Path) -> Path:
-    """What the Python runtime ranks for the bundle's sample feed (int8 ONNX), policy on and off."""
-    feed = json.loads((bundle / "sample_feed.json").read_text())
-    ctx = {"now": feed["now"], "history": feed["history"], "history_total": feed.get("history_total")}
-    res = {}
-    for key, pol in (("policy_on", PostRankPolicy()), ("policy_off", PostRankPolicy(enabled=False))):
-        rr = Reranker.open(bundle, backend="onnx", precision="int8", policy=pol)
-        res[key] = rr.rerank(feed["candidates"], context=ctx).to_list()
-    out.write_text(json.dumps(res))
-    return out
+def _load_rankings_script():
+    """android_demo/python_rankings.py (a script users run by hand too), imported once."""
+    spec = importlib.util.spec_from_file_location("python_rankings", DEMO / "python_rankings.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.python_rankings
+
+
+python_rankings = _load_rankings_script()
 
 
 def _engine_libraries() -> tuple[str, str]:
