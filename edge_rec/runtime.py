@@ -173,7 +173,7 @@ class Reranker:
         self._hist = {"hist_emb": np.zeros((self.hist_len, self.hist_dim), np.float32),
                       "hist_weight": np.zeros(self.hist_len, np.float32),
                       "hist_age": np.zeros(self.hist_len, np.float32), "context": np.zeros(3, np.float32)}
-        self._hist_key: list[tuple[int, float]] | None = None
+        self._hist_key: list[tuple[Any, ...]] | None = None
         self._hist_ts = np.zeros(0, np.float64)
 
     # ---- opening --------------------------------------------------------------------------------
@@ -293,7 +293,8 @@ class Reranker:
         total = len(past) if total is None else total
         last = past[-self.hist_len:]
         h = self._hist
-        key = [(e.item_id, e.ts) for e in last]
+        # identity of the rows: the event and its engagement (an app may update a like in place)
+        key = [(e.item_id, e.ts, e.watch_ms, e.duration_ms, e.like, e.skip) for e in last]
         if key != self._hist_key:
             for k in ("hist_emb", "hist_weight"):
                 h[k][:] = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -109,7 +110,8 @@ def test_prepared_feed_reranks_as_the_raw_feed_and_drops_seen_items(bundle, feed
     later = feed["now"] + 7200.0
     new_event = Event(item_id=seen, ts=feed["now"] + 60.0, watch_ms=9000.0, duration_ms=10000.0, like=True,
                       embeddings=prepared.candidates[0].arrays())
-    for history, now in ((hist, feed["now"]), (hist + [new_event], later), (hist, later)):
+    liked_later = hist[:-1] + [dataclasses.replace(hist[-1], like=not hist[-1].like)]   # same event, updated
+    for history, now in ((hist, feed["now"]), (hist + [new_event], later), (hist, later), (liked_later, later)):
         got = {k: v.copy() for k, v in rr.features(prepared, now, history, None).items()}
         fresh = Reranker.open(bundle, backend="onnx", precision="fp32").features(feed_cands(feed), now, history, None)
         for k in got:
