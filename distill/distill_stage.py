@@ -44,11 +44,11 @@ from edge_rec.distill.teacher_stage import load_teacher
 from edge_rec.distill.trainer import model_inputs, predict, to_tensors, train
 
 STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "tiny": {"model": dict(d_model=16, num_heads=2, ffn_dim=32, head_hidden=24),
+    "tiny": {"model": dict(d_model=16, num_heads=2, ffn_dim=32, head_hidden=24, input_noise=0.5),
              "train": dict(epochs=4, batch_size=32, lr=3e-3, patience=3)},
-    "default": {"model": dict(d_model=32, num_heads=2, ffn_dim=64, head_hidden=48),
+    "default": {"model": dict(d_model=32, num_heads=2, ffn_dim=64, head_hidden=48, input_noise=0.5),
                 "train": dict(epochs=5, batch_size=64, lr=3e-3, max_train_requests=12000, patience=3)},
-    "large": {"model": dict(d_model=64, num_heads=4, ffn_dim=128, head_hidden=96),
+    "large": {"model": dict(d_model=64, num_heads=4, ffn_dim=128, head_hidden=96, input_noise=0.5),
               "train": dict(epochs=8, batch_size=256, lr=2e-3, patience=3)},
 }
 

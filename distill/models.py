@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from edge_rec.distill.configs import TeacherConfig
-from edge_rec.distill.features import N_CONTEXT, N_DENSE, OUTPUT_NAMES, input_names
+from edge_rec.distill.features import N_CONTEXT, N_DENSE, N_ENGAGEMENT, OUTPUT_NAMES, input_names
 
 TASKS = ("click", "finish", "like")
 
@@ -159,7 +159,20 @@ class FusionTransformer(RankerBase):
 
     def modality_tokens(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Projected modality embeddings before fusion, (B, N, d) each: used by the contrastive loss."""
-        return {m: self.proj[m](x[f"cand_{m}"]) for m in self.modalities}
+        return {m: self.proj[m](self._noisy(x[f"cand_{m}"])) for m in self.modalities}
+
+    def _noisy(self, v: torch.Tensor) -> torch.Tensor:
+        # Training-time Gaussian noise on the content embeddings. An item's embedding is also a
+        # unique fingerprint: without noise the model memorises warm items by it (worst through a
+        # modality that carries nothing else) and then scores fresh items by fingerprints it never saw.
+        s = self.config.input_noise
+        return v + s * torch.randn_like(v) if self.training and s > 0 else v
+
+    def _noisy_hist(self, h: torch.Tensor) -> torch.Tensor:
+        # the last N_ENGAGEMENT columns are what the viewer did, not an embedding: left exact
+        if not (self.training and self.config.input_noise > 0):
+            return h
+        return torch.cat([self._noisy(h[..., :-N_ENGAGEMENT]), h[..., -N_ENGAGEMENT:]], dim=-1)
 
     def encode(self, x: dict[str, torch.Tensor], drop_modalities: bool = False) -> dict[str, torch.Tensor]:
         """Fused candidate vector, interest vector and context, all (B, N, d) / (B, d)."""
@@ -179,7 +192,7 @@ class FusionTransformer(RankerBase):
             t = blk(t)
         cand = self.ln_c(t[:, 0]).view(b, n, d)                               # (B, N, d)
 
-        hist = self.hist_proj(torch.cat([x["hist_emb"], x["hist_age"].unsqueeze(-1)], dim=-1))
+        hist = self.hist_proj(torch.cat([self._noisy_hist(x["hist_emb"]), x["hist_age"].unsqueeze(-1)], dim=-1))
         hmask = x["hist_weight"]
         for blk in self.hist_blocks:
             hist = blk(hist, hmask)

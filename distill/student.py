@@ -61,7 +61,7 @@ class Student(RankerBase):
             keep = x[f"cand_mask_{m}"].unsqueeze(-1)
             if drop_modalities and self.config.modality_dropout > 0:
                 keep = keep * (torch.rand_like(keep) >= self.config.modality_dropout).to(keep.dtype)
-            toks.append(keep * self.proj[m](x[f"cand_{m}"]) + (1 - keep) * self.mask_token[j] + self.type_emb[j])
+            toks.append(keep * self.proj[m](self._noisy(x[f"cand_{m}"])) + (1 - keep) * self.mask_token[j] + self.type_emb[j])
         toks.append(self.dense(x["cand_dense"]) + self.type_emb[-1])
         t = torch.stack(toks, dim=2).reshape(b * n, len(toks), -1)          # (B*N, T, d)
         h = self.ln1(t)
@@ -76,7 +76,7 @@ class Student(RankerBase):
             a, z = self.offsets[m]
             sl = he[..., a:z]
             present = (sl.abs().sum(-1, keepdim=True) > 0).to(he.dtype)
-            acc = acc + present * self.proj[m](sl)
+            acc = acc + present * self.proj[m](self._noisy(sl))
             cnt = cnt + present
         eng = he[..., he.shape[-1] - N_ENGAGEMENT:]
         hist = acc / cnt.clamp(min=1.0) + self.hist_eng(torch.cat([eng, x["hist_age"].unsqueeze(-1)], -1))
@@ -87,6 +87,11 @@ class Student(RankerBase):
         att = att.masked_fill(hmask[:, None, :] <= 0, -1e4).softmax(-1)
         interest = att @ hist                                                 # (B, N, d)
         return {"cand": cand, "interest": interest}
+
+    def _noisy(self, v: torch.Tensor) -> torch.Tensor:
+        # training-time Gaussian noise on the content embeddings: see TeacherConfig.input_noise
+        s = self.config.input_noise
+        return v + s * torch.randn_like(v) if self.training and s > 0 else v
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         x, single = _batched(inputs)

@@ -89,7 +89,7 @@ def test_pipeline_default_preset(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "edge-rec")
     run = tmp_path / "run"
     proc = subprocess.run([exe, "pipeline", "--preset", "default", "--out", str(run)],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "report:" in proc.stdout
     rep = json.loads((run / "report.json").read_text())
@@ -105,11 +105,16 @@ def test_pipeline_default_preset(tmp_path):
     assert t["ndcg@10"] >= 1.10 * ido["ndcg@10"]
     assert t["ndcg@10"] > m["early_fusion"]["ndcg@10"]
     assert t["cold.ndcg@10"] > ido["cold.ndcg@10"] + 0.1
-    # on cold items the teacher is on par with late fusion (issue #3 asks for clearly better: open)
-    assert t["cold.ndcg@10"] > m["late_fusion"]["cold.ndcg@10"] - 0.03
+    # on cold-start items the teacher is clearly better than decision-level fusion (measured +4 %)
+    assert t["cold.ndcg@10"] >= 1.02 * m["late_fusion"]["cold.ndcg@10"]
+    # issue #4: distillation pays (the same student with and without the teacher), the final student keeps
+    # >= 97 % of the teacher with <= 1/20 of its parameters and MACs
+    assert m["student_kd"]["ndcg@10"] > m["student_label_only"]["ndcg@10"]
+    assert m["student"]["ndcg@10"] >= 0.97 * t["ndcg@10"]
+    assert m["student"]["params"] <= t["params"] / 20 and m["student"]["macs_per_candidate"] <= t["macs_per_candidate"] / 20
     for name in ("student_label_only", "student_kd", "student"):
         assert m[name]["params"] < t["params"] / 5 and m[name]["ndcg@10"] > ido["ndcg@10"], name
-    assert set(rep["modalities"]["kept"]) >= {"visual"}
+    assert "visual" in rep["modalities"]["kept"] and "motion" in rep["modalities"]["pruned"]
     # issue #5: every format and precision exports and passes its parity gates in its own runtime
     assert rep["export_gate_failures"] == []
     for fmt in ("onnx", "tflite", "coreml", "executorch"):

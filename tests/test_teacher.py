@@ -59,6 +59,37 @@ def test_teacher_is_content_driven_where_history_and_candidates_are_permuted(tin
     assert torch.isfinite(model(**x2)["score"]).all()
 
 
+def test_input_noise_perturbs_content_only_while_training(tiny_world, fb):
+    """The anti-memorisation noise touches the content embeddings in training, never the engagement
+    columns of the history, and never an evaluation or an export."""
+    model = build_model("teacher", tiny_world.modalities, fb.hist_dim, **SMALL, input_noise=0.5)
+    x = model.example_inputs(n=5, hist_len=8)
+    model.eval()
+    a, b = model(**x)["score"], model(**x)["score"]
+    assert torch.equal(a, b)                                 # eval: no noise
+    model.train()
+    h = x["hist_emb"].unsqueeze(0)
+    noisy = model._noisy_hist(h)
+    assert torch.equal(noisy[..., -3:], h[..., -3:])         # watch ratio, like, skip: exact
+    assert (noisy[..., :-3] - h[..., :-3]).abs().mean() > 0.2
+    toks = model.modality_tokens({k: v.unsqueeze(0) for k, v in x.items()})
+    clean = {m: model.proj[m](x[f"cand_{m}"].unsqueeze(0)) for m in model.modalities}
+    assert all(not torch.allclose(toks[m], clean[m]) for m in model.modalities)
+    plain = build_model("teacher", tiny_world.modalities, fb.hist_dim, **SMALL).train()
+    assert torch.equal(plain._noisy_hist(h), h)               # input_noise=0: untouched
+    from edge_rec.distill.configs import StudentConfig
+    from edge_rec.distill.student import Student
+
+    st = Student(StudentConfig(modalities=fb.modalities, hist_dim=fb.hist_dim, input_noise=0.5, modality_dropout=0.0))
+    xs = st.example_inputs(n=5, hist_len=8)
+    st.eval()
+    assert torch.equal(st(**xs)["score"], st(**xs)["score"])
+    assert torch.allclose(st(**xs)["score"], st.forward_request(**xs)["score"], atol=1e-5)
+    st.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(st(**xs)["score"], st(**xs)["score"])
+
+
 def test_missing_modality_uses_the_mask_token(tiny_world, fb):
     model = build_model("teacher", tiny_world.modalities, fb.hist_dim, **SMALL).eval()
     x = model.example_inputs(n=5, hist_len=8)
