@@ -392,6 +392,10 @@ class CoreMLExporter:
                     cfg = opt.OptimizationConfig(global_config=opt.OpLinearQuantizerConfig(mode="linear_symmetric", weight_threshold=0))
                     ml = opt.linear_quantize_weights(ml, config=cfg)
                 ml.save(str(out))
+                # coremltools adds a debug map (op -> torch.export debug handle) to packages converted
+                # from torch.export; it is outside the package manifest, no runtime reads it, and it
+                # weighed as much as the model: it does not go to phones.
+                (out / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
             ops.update(coreml_spec_check(out, ctx.input_names, n if b else None))
             arts.append(Artifact("coreml", precision, out, b, "coreml"))
         compat = {"target": "iOS16", "model_type": "mlProgram", "flexible_n": ctx.coreml_flexible,

@@ -57,6 +57,15 @@ def test_every_format_exports_and_passes_parity(tiny_run, manifest):
 def test_manifest_is_valid_and_complete(bundle, manifest):
     jsonschema.Draft202012Validator(load_schema()).validate(manifest)
     assert verify_bundle(bundle)["schema_version"] == manifest["schema_version"]
+    # a Core ML package holds what its own manifest lists, nothing else (no converter debug maps)
+    packages = list((bundle / "models").glob("*.mlpackage"))
+    assert packages
+    for pkg in packages:
+        listed = {"Manifest.json"} | {"Data/" + e["path"] for e in json.loads((pkg / "Manifest.json").read_text())["itemInfoEntries"].values()}
+        for f in pkg.rglob("*"):
+            if f.is_file():
+                rel = f.relative_to(pkg).as_posix()
+                assert rel in listed or any(rel.startswith(p + "/") for p in listed), (pkg.name, rel)
     kept = manifest["modalities"]["kept"]
     assert kept and set(kept).isdisjoint(manifest["modalities"]["pruned"])
     names = [t["name"] for t in manifest["signature"]["inputs"]]
