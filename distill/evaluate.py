@@ -47,6 +47,38 @@ def evaluate_scores(ds: Dataset, idx: np.ndarray, scores: np.ndarray, label: str
     return out
 
 
+def per_request_ndcg(ds: Dataset, idx: np.ndarray, scores: np.ndarray, view: str = "all", k: int = 10,
+                     label: str = "click") -> np.ndarray:
+    """NDCG@k of each request ([len(idx)], NaN where the view has no positive). ``view``: ``all`` (as
+    ``ndcg@10``) or ``cold`` (as ``cold.ndcg@10``: warm positives removed, cold positives count)."""
+    rq = ds.requests
+    cand = rq["cand"][idx]
+    labels = rq[label][idx].astype(np.float64)
+    valid = cand >= 0
+    if view == "cold":
+        cold = np.asarray(ds.items["cold"]).astype(bool)[np.where(valid, cand, 0)] & valid
+        valid = valid & ~((labels > 0) & ~cold)
+        labels = ((labels > 0) & cold).astype(np.float64)
+    elif view != "all":
+        raise ValueError(f"view must be 'all' or 'cold', got {view!r}")
+    return M.ndcg_at_k(np.asarray(scores, np.float64), labels, k, valid)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of ``a - b`` over requests where both are defined, with a 95 % percentile bootstrap
+    interval (requests resampled with replacement, the pair kept together), and the share of
+    requests where ``a`` is better / worse."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) == 0:
+        return {"mean_diff": float("nan"), "ci95": [float("nan"), float("nan")], "n_requests": 0}
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean_diff": float(d.mean()), "ci95": [float(lo), float(hi)], "n_requests": int(len(d)),
+            "share_better": float((d > 0).mean()), "share_worse": float((d < 0).mean())}
+
+
 def evaluate_full_catalogue(
     ds: Dataset, idx: np.ndarray, item_scores: Callable[[np.ndarray], np.ndarray], label: str = "click",
     ks: tuple[int, ...] = (10, 20),

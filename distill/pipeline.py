@@ -203,6 +203,15 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
             lines += [f"Contrastive ablation (InfoNCE weight {abl['contrastive_weight']}): NDCG@10 "
                       f"{abl['with']['ndcg@10']:.4f} with vs {abl['without']['ndcg@10']:.4f} without; cold NDCG@10 "
                       f"{_fmt(abl['with']['cold.ndcg@10'])} vs {_fmt(abl['without']['cold.ndcg@10'])}.", ""]
+        if t.get("versus"):
+            lines += ["Teacher minus each fusion baseline, NDCG@10 request by request on the same test requests "
+                      "(paired bootstrap, 95 % interval):", "",
+                      "| baseline | overall | cold-start items |", "|---|---|---|"]
+            for name, v in t["versus"].items():
+                cells = [f"{v[view]['mean_diff']:+.4f} [{v[view]['ci95'][0]:+.4f}, {v[view]['ci95'][1]:+.4f}]"
+                         if v[view]["n_requests"] else "n/a" for view in ("all", "cold")]
+                lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+            lines.append("")
     mods = report.get("modalities", {})
     if "importance" in mods:
         lines += ["## Modalities", "", "| modality | relative NDCG@10 lost without it | decision |", "|---|---|---|"]

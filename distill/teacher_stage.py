@@ -25,7 +25,7 @@ from edge_rec.distill.baselines import run_baselines
 from edge_rec.distill.checkpoint import load_ranker, save_ranker
 from edge_rec.distill.configs import preset_configs
 from edge_rec.distill.dataset import Dataset, write_json
-from edge_rec.distill.evaluate import evaluate_scores, model_row
+from edge_rec.distill.evaluate import evaluate_scores, model_row, paired_bootstrap, per_request_ndcg
 from edge_rec.distill.features import FeatureBuilder
 from edge_rec.distill.models import (FusionTransformer, TeacherConfig, build_model, count_params,
                                      macs_per_candidate)
@@ -53,12 +53,15 @@ def _rank() -> int:
 
 
 def _fit_and_score(name: str, model, ds: Dataset, fb: FeatureBuilder, out: Path, cfg: TrainConfig,
-                   resume: bool, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+                   resume: bool, progress: bool, keep: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     run = out / "runs" / name
     can_resume = resume and (run / "last").is_dir()
     fit = train(model, ds, run, cfg, resume=can_resume, progress=progress, fb=fb)
     test = ds.split_index("test")
-    metrics = evaluate_scores(ds, test, predict(model, fb, ds, test))
+    scores = predict(model, fb, ds, test)
+    if keep is not None:
+        keep[name] = scores
+    metrics = evaluate_scores(ds, test, scores)
     row = model_row(metrics, count_params(model), macs_per_candidate(model, n=ds.requests["cand"].shape[1],
                                                                       hist_len=fb.hist_len),
                     train={k: v for k, v in fit.items()})
@@ -79,15 +82,22 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
         out.mkdir(parents=True, exist_ok=True)
     fb = FeatureBuilder.from_dataset(ds, cfg.hist_len)
     models: dict[str, dict[str, Any]] = dict(run_baselines(ds, full_catalogue=False))
+    test_scores: dict[str, Any] = {}
     plain = dataclasses.replace(cfg, contrastive_weight=0.0)
     if fusion_baselines:
         for kind in ("early_fusion", "late_fusion"):
             torch.manual_seed(cfg.seed)
             m = build_model(kind, ds.modalities, fb.hist_dim)
-            models[kind], _ = _fit_and_score(kind, m, ds, fb, out, plain, resume, progress)
+            models[kind], _ = _fit_and_score(kind, m, ds, fb, out, plain, resume, progress, keep=test_scores)
     torch.manual_seed(cfg.seed)
     teacher = build_model("teacher", ds.modalities, fb.hist_dim, **model_kw)
-    models["teacher"], fit = _fit_and_score("teacher", teacher, ds, fb, out, cfg, resume, progress)
+    models["teacher"], fit = _fit_and_score("teacher", teacher, ds, fb, out, cfg, resume, progress, keep=test_scores)
+    # "clearly better" measured: the teacher minus each fusion baseline, request by request on the same
+    # test requests, overall and on the cold-start view, with a paired bootstrap 95 % interval
+    test = ds.split_index("test")
+    per = {name: {view: per_request_ndcg(ds, test, sc, view) for view in ("all", "cold")} for name, sc in test_scores.items()}
+    versus = {name: {view: paired_bootstrap(per["teacher"][view], per[name][view]) for view in ("all", "cold")}
+              for name in per if name != "teacher"}
     abl: dict[str, Any] = {"contrastive_weight": cfg.contrastive_weight}
     if ablation and len(ds.modalities) >= 2 and cfg.contrastive_weight > 0:
         torch.manual_seed(cfg.seed)
@@ -107,6 +117,7 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
             "throughput": {"samples_per_s": fit["samples_per_s"], "requests_per_s": fit["requests_per_s"],
                            "device": fit["device"], "world_size": fit["world_size"], "train_s": fit["train_s"]},
             "contrastive_ablation": abl,
+            "versus": versus,
         },
     }
     if _rank() == 0:

@@ -107,6 +107,9 @@ def test_pipeline_default_preset(tmp_path):
     assert t["cold.ndcg@10"] > ido["cold.ndcg@10"] + 0.1
     # on cold-start items the teacher is clearly better than decision-level fusion (measured +4 %)
     assert t["cold.ndcg@10"] >= 1.02 * m["late_fusion"]["cold.ndcg@10"]
+    vs = rep["teacher"]["versus"]
+    assert vs["late_fusion"]["cold"]["ci95"][0] > 0 and vs["early_fusion"]["all"]["ci95"][0] > 0
+    assert vs["late_fusion"]["cold"]["n_requests"] == m["teacher"]["cold.n_requests"]
     # issue #4: distillation pays (the same student with and without the teacher), the final student keeps
     # >= 97 % of the teacher with <= 1/20 of its parameters and MACs
     assert m["student_kd"]["ndcg@10"] > m["student_label_only"]["ndcg@10"]
