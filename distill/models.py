@@ -86,6 +86,16 @@ def _batched(inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], 
     return inputs, single
 
 
+def content_noise(model: nn.Module, v: torch.Tensor, std: float) -> torch.Tensor:
+    """``v`` plus Gaussian noise of ``std`` while ``model`` trains; ``v`` itself otherwise.
+
+    Applied to content embeddings (``input_noise`` of the teacher and student configs). An item's
+    embedding is also a unique fingerprint: without noise a model memorises warm items by it (worst
+    through a modality that carries nothing else) and then scores fresh items by fingerprints it never saw.
+    """
+    return v + std * torch.randn_like(v) if model.training and std > 0 else v
+
+
 class RankerBase(nn.Module):
     """Shared I/O contract: names, example inputs, output packing."""
 
@@ -162,11 +172,7 @@ class FusionTransformer(RankerBase):
         return {m: self.proj[m](self._noisy(x[f"cand_{m}"])) for m in self.modalities}
 
     def _noisy(self, v: torch.Tensor) -> torch.Tensor:
-        # Training-time Gaussian noise on the content embeddings. An item's embedding is also a
-        # unique fingerprint: without noise the model memorises warm items by it (worst through a
-        # modality that carries nothing else) and then scores fresh items by fingerprints it never saw.
-        s = self.config.input_noise
-        return v + s * torch.randn_like(v) if self.training and s > 0 else v
+        return content_noise(self, v, self.config.input_noise)
 
     def _noisy_hist(self, h: torch.Tensor) -> torch.Tensor:
         # the last N_ENGAGEMENT columns are what the viewer did, not an embedding: left exact

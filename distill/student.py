@@ -26,7 +26,7 @@ from torch import nn
 
 from edge_rec.distill.configs import StudentConfig
 from edge_rec.distill.features import N_CONTEXT, N_DENSE, N_ENGAGEMENT
-from edge_rec.distill.models import MultiHeadAttention, RankerBase, TASKS, _batched
+from edge_rec.distill.models import MultiHeadAttention, RankerBase, TASKS, _batched, content_noise
 
 
 class Student(RankerBase):
@@ -89,9 +89,7 @@ class Student(RankerBase):
         return {"cand": cand, "interest": interest}
 
     def _noisy(self, v: torch.Tensor) -> torch.Tensor:
-        # training-time Gaussian noise on the content embeddings: see TeacherConfig.input_noise
-        s = self.config.input_noise
-        return v + s * torch.randn_like(v) if self.training and s > 0 else v
+        return content_noise(self, v, self.config.input_noise)
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         x, single = _batched(inputs)
