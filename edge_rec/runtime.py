@@ -22,7 +22,7 @@ import numpy as np
 from edge_rec.bundle import verify_bundle
 from edge_rec.engines import open_manifest_group
 from edge_rec.errors import BundleError, DataError, MissingDependencyError
-from edge_rec.policy import PostRankPolicy, apply_policy
+from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
 from edge_rec.state import Event, UserState
 
 # engine preference for backend="auto": the lightest runtime that needs no torch comes first
@@ -87,14 +87,16 @@ class Feed:
     A phone fetches a page of candidates and reranks what is left of it at every swipe; only the
     history and the clock change between swipes, so the candidate side is built once here.
     ``inputs``: ``cand_*`` arrays [N, ...] float32 (``cand_dense[:, 1]``, the freshness, is rewritten
-    for ``now`` at each rerank); ``upload_ts`` [N] seconds.
+    for ``now`` at each rerank); ``upload_ts`` [N] seconds; ``creators`` [N] object array of creator ids
+    (int or None) and ``creator_codes`` [N] int64 the same for the policy (``policy.NO_CREATOR`` = None).
     """
 
     candidates: list[Candidate]
     item_ids: np.ndarray
-    creators: list[int | None]
+    creators: np.ndarray
     upload_ts: np.ndarray
     inputs: dict[str, np.ndarray]
+    creator_codes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -103,8 +105,8 @@ class Feed:
         """This feed less the given items (the ones the viewer has seen), without rebuilding anything."""
         drop = np.isin(self.item_ids, np.fromiter((int(i) for i in item_ids), dtype=np.int64))
         keep = np.flatnonzero(~drop)
-        return Feed([self.candidates[i] for i in keep], self.item_ids[keep], [self.creators[i] for i in keep],
-                    self.upload_ts[keep], {k: v[keep] for k, v in self.inputs.items()})
+        return Feed([self.candidates[i] for i in keep], self.item_ids[keep], self.creators[keep],
+                    self.upload_ts[keep], {k: v[keep] for k, v in self.inputs.items()}, self.creator_codes[keep])
 
 
 class Ranking(Sequence[dict]):
@@ -267,7 +269,9 @@ class Reranker:
         dense[:, 0] = (np.log1p(raw[:, 0]) - self._dur[0]) / self._dur[1]
         dense[:, 2] = (np.log1p(raw[:, 2]) - self._pop[0]) / self._pop[1]
         x["cand_dense"] = dense
-        return Feed(cands, ids, [c.creator_id for c in cands], raw[:, 1].copy(), x)
+        creators = np.empty(n, dtype=object)
+        creators[:] = [c.creator_id for c in cands]
+        return Feed(cands, ids, creators, raw[:, 1].copy(), x, creator_codes(creators))
 
     def _at(self, feed: Feed, now: float) -> dict[str, np.ndarray]:
         """The feed's candidate inputs with the freshness column for ``now`` (written in place)."""
@@ -373,9 +377,9 @@ class Reranker:
             raise DataError("the model produced non-finite scores for this feed; check the inputs it was given.")
         signals = state.creator_signals(now) if state is not None else _creator_signals(history, now)
         ages_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0
-        order, final = apply_policy(self.policy, score, out.get("fused"), feed.creators, ages_h, signals, k)
+        order, final = apply_policy(self.policy, score, out.get("fused"), feed.creator_codes, ages_h, signals, k)
         o = np.asarray(order, dtype=np.int64)
-        cols: dict[str, Any] = {"item_id": feed.item_ids[o], "creator_id": [feed.creators[i] for i in o.tolist()],
+        cols: dict[str, Any] = {"item_id": feed.item_ids[o], "creator_id": feed.creators[o],
                                 "score": score[o], "final_score": np.asarray(final, np.float64)[o]}
         for key in ("p_click", "p_finish", "p_like"):
             cols[key] = out[key][o]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -212,6 +213,57 @@ def test_policy_switches_off_and_each_part_acts():
     mmr, _ = apply_policy(PostRankPolicy(max_per_creator=None, mmr_lambda=0.5, freshness_boost=0), np.array([3.0, 2.99, 2.9, 1.0, 0.5]),
                           fused, [1, 2, 3, 4, 5], ages, {})
     assert mmr[:2].tolist() == [0, 2]                           # the near-duplicate of the top item waits
+
+
+def _reference_policy(pol: PostRankPolicy, score, fused, creators, ages, signals, k=None):
+    """The post-ranking policy written the slow, obvious way (plain Python), to check the fast one."""
+    n = len(score)
+    adj = [float(s) for s in score]
+    for i, c in enumerate(creators):
+        if c is not None and c in signals:
+            adj[i] -= pol.skip_penalty * signals[c].get("skips", 0.0) + pol.negative_penalty * signals[c].get("negative_comments", 0.0)
+        adj[i] += pol.freshness_boost * math.exp(-float(ages[i]) / pol.freshness_tau_h)
+    ranked = sorted(range(n), key=lambda i: -adj[i])                     # stable, as argsort(kind="stable")
+    lo, hi = min(adj), max(adj)
+    rel = [(a - lo) / (hi - lo) if hi > lo else 1.0 for a in adj]
+    window = min(n if k is None else k, pol.window)
+    short = ranked[:4 * window]
+    lam = pol.mmr_lambda if fused is not None else 1.0
+    unit = None if fused is None else [np.asarray(f, np.float64) / max(np.linalg.norm(f), 1e-12) for f in fused]
+    chosen, count = [], {}
+    while len(chosen) < window:
+        best, best_v = None, -math.inf
+        for i in short:
+            if i in chosen or (pol.max_per_creator is not None and creators[i] is not None
+                               and count.get(creators[i], 0) >= pol.max_per_creator):
+                continue
+            sim = max([max(0.0, float(unit[i] @ unit[j])) for j in chosen], default=0.0) if unit is not None else 0.0
+            v = lam * rel[i] - (1 - lam) * sim
+            if v > best_v:
+                best, best_v = i, v
+        if best is None:
+            break
+        chosen.append(best)
+        if creators[best] is not None:
+            count[creators[best]] = count.get(creators[best], 0) + 1
+    order = chosen + [i for i in ranked if i not in chosen]
+    return order[:k] if k is not None else order
+
+
+def test_policy_matches_a_plain_python_reference():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n = int(rng.integers(1, 120))
+        score = rng.normal(size=n).astype(np.float32)
+        fused = rng.normal(size=(n, 6)).astype(np.float32) if trial % 4 else None
+        creators = [None if rng.random() < 0.1 else int(c) for c in rng.integers(0, n // 4 + 1, n)]
+        ages = rng.uniform(0, 100, n)
+        signals = {int(c): {"skips": 1.0, "negative_comments": float(rng.integers(0, 2))} for c in rng.integers(0, 10, 2)}
+        pol = PostRankPolicy(mmr_lambda=float(rng.choice([0.5, 0.8, 1.0])), max_per_creator=[None, 1, 2][trial % 3],
+                             window=int(rng.choice([1, 5, 20])))
+        k = None if trial % 5 else int(rng.integers(0, n + 1))
+        got, _ = apply_policy(pol, score, fused, creators, ages, signals, k)
+        assert got.tolist() == _reference_policy(pol, score, fused, creators, ages, signals, k), trial
 
 
 # ---- the behaviour store ------------------------------------------------------------------------
