@@ -61,7 +61,7 @@ def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | 
         adj[codes == int(c)] -= (policy.skip_penalty * s.get("skips", 0.0)
                                  + policy.negative_penalty * s.get("negative_comments", 0.0))
     if policy.freshness_boost:
-        adj += policy.freshness_boost * np.exp(-np.asarray(ages_h, np.float64) / policy.freshness_tau_h)
+        adj += policy.freshness_boost * np.exp(np.asarray(ages_h, np.float64) * (-1.0 / policy.freshness_tau_h))
     ranked = np.argsort(-adj, kind="stable")
     window = min(k, policy.window)
     if window == 0 or n == 0:
@@ -77,34 +77,34 @@ def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | 
     base = (adj[short] - lo) * ((lam if use_mmr else 1.0) / (hi - lo) if hi > lo else 0.0)
     if use_mmr:
         # unit vectors scaled by sqrt(1 - lam), so that f @ f.T is the weighted cosine similarity
-        f = fused[short].astype(np.float64)
-        f *= np.sqrt((1.0 - lam) / np.maximum(np.einsum("ij,ij->i", f, f), 1e-24))[:, None]
+        # (float32, as the model gives them: a similarity needs no more)
+        f = np.asarray(fused)[short].astype(np.float32, copy=False)
+        f *= np.sqrt((1.0 - lam) / np.maximum(np.einsum("ij,ij->i", f, f), 1e-30))[:, None]
         # value of i once j is chosen: base[i] - (1 - lam) * cos(i, j); the running value after each
         # choice is the elementwise minimum with that row (starting from base, which also clips a
         # negative similarity to 0), so a step costs one argmax and one minimum
-        rows = f @ f.T                                                  # [S, S], row j: after choosing j
-        np.subtract(base, rows, out=rows)
+        rows = base - f @ f.T                                           # [S, S] float64, row j: after choosing j
     cur = base.copy()
     cap = policy.max_per_creator
     cs = codes[short]
     cs_list = cs.tolist()
     per_creator: dict[int, int] = {}
     chosen: list[int] = []
+    ninf, minimum = -np.inf, np.minimum
     while len(chosen) < window:
         j = int(cur.argmax())
-        if cur[j] == -np.inf:
+        if cur[j] == ninf:
             break                                  # shortlist exhausted
         chosen.append(j)
         if use_mmr:
-            np.minimum(cur, rows[j], out=cur)
-        cur[j] = -np.inf                           # taken items hold -inf (and keep it under minimum)
+            minimum(cur, rows[j], out=cur)
+        cur[j] = ninf                              # taken items hold -inf (and keep it under minimum)
         c = cs_list[j]
         if cap is not None and c != NO_CREATOR:
             per_creator[c] = seen = per_creator.get(c, 0) + 1
             if seen >= cap:                        # the creator's other items wait below the window
-                cur[cs == c] = -np.inf
-    picked = short[chosen]
-    taken = np.zeros(n, bool)
-    taken[picked] = True
-    order = np.concatenate([picked, ranked[~taken[ranked]]])[:k]
+                cur[cs == c] = ninf
+    rest = np.ones(len(short), bool)               # the shortlist's unchosen keep their order, then the others
+    rest[chosen] = False
+    order = np.concatenate([short[chosen], short[rest], ranked[len(short):]])[:k]
     return order, adj
