@@ -124,7 +124,8 @@ def test_pipeline_default_preset(tmp_path):
         for prec in ("fp32", "int8"):
             assert rep["exports"][fmt][prec]["ok"], (fmt, prec)
     for fmt in ("tflite", "coreml", "executorch"):
-        assert rep["exports"][fmt]["int8"]["size_ratio_vs_fp32"] < (0.6 if fmt == "onnx" else 0.85), fmt  # 0.49; 0.67-0.80
+        bar = {"onnx": 0.6, "tflite": 0.7}.get(fmt, 0.85)       # measured: onnx 0.49, tflite 0.60, others 0.77-0.80
+        assert rep["exports"][fmt]["int8"]["size_ratio_vs_fp32"] < bar, fmt
     assert (run / "bundle.zip").is_file()
 
 
