@@ -22,7 +22,7 @@ demo: venv
 	@echo "report: $(RUN)/report.md  (machine-readable: $(RUN)/report.json)"
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) runs
