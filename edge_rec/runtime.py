@@ -232,7 +232,14 @@ class Reranker:
         unknown modalities, wrong dims, NaN/inf and bad numbers raise :class:`DataError` here."""
         cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
         n = len(cands)
-        ids = np.array([c.item_id for c in cands], dtype=np.int64)
+        creators = np.empty(n, dtype=object)
+        creators[:] = [c.creator_id for c in cands]
+        try:
+            ids = np.array([c.item_id for c in cands], dtype=np.int64)
+            codes = creator_codes(creators)
+        except OverflowError as exc:
+            raise DataError("item_id and creator_id must fit in 64-bit signed integers; "
+                            "one in this feed does not.") from exc
         if len(np.unique(ids)) != n:
             u, cnt = np.unique(ids, return_counts=True)
             raise DataError(f"duplicate item ids in the feed: {u[cnt > 1][:10].tolist()}; send each item once.")
@@ -269,9 +276,7 @@ class Reranker:
         dense[:, 0] = (np.log1p(raw[:, 0]) - self._dur[0]) / self._dur[1]
         dense[:, 2] = (np.log1p(raw[:, 2]) - self._pop[0]) / self._pop[1]
         x["cand_dense"] = dense
-        creators = np.empty(n, dtype=object)
-        creators[:] = [c.creator_id for c in cands]
-        return Feed(cands, ids, creators, raw[:, 1].copy(), x, creator_codes(creators))
+        return Feed(cands, ids, creators, raw[:, 1].copy(), x, codes)
 
     def _at(self, feed: Feed, now: float) -> dict[str, np.ndarray]:
         """The feed's candidate inputs with the freshness column for ``now`` (written in place)."""

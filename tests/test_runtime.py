@@ -160,6 +160,7 @@ def test_bad_input_gets_typed_errors(rr, feed):
         "duplicate item ids": [c0, c0],
         "must be finite": [dict(c0, duration_s=float("inf"))],
         "no item_id": [{"creator_id": 1}],
+        "64-bit": [dict(c0, creator_id=2**70)],
     }
     for msg, cands in cases.items():
         with pytest.raises(DataError, match=msg):
