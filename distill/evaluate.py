@@ -18,6 +18,13 @@ from edge_rec.distill.dataset import Dataset
 REPORT_KEYS = ("ndcg@10", "recall@20", "auc", "gauc", "mrr", "cold.ndcg@10", "params", "macs_per_candidate")
 
 
+def _cold_view(ds: Dataset, cand: np.ndarray, labels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The cold-start view of requests ([R, N] each): (cold positives as 0/1 labels, the slots that
+    still count: warm positives removed)."""
+    cold = np.asarray(ds.items["cold"]).astype(bool)[np.where(valid, cand, 0)] & valid
+    return ((labels > 0) & cold).astype(np.float64), valid & ~((labels > 0) & ~cold)
+
+
 def evaluate_scores(ds: Dataset, idx: np.ndarray, scores: np.ndarray, label: str = "click") -> dict[str, float]:
     """Metrics of ``scores`` ([len(idx), N]) on requests ``idx`` against ``label``.
 
@@ -32,13 +39,10 @@ def evaluate_scores(ds: Dataset, idx: np.ndarray, scores: np.ndarray, label: str
     valid = cand >= 0
     scores = np.asarray(scores, dtype=np.float64)
     out = M.ranking_report(scores, labels, valid, groups=rq["user"][idx])
-    cold = np.asarray(ds.items["cold"]).astype(bool)[np.where(valid, cand, 0)] & valid
-    cold_pos = (labels > 0) & cold
+    cold_pos, cold_valid = _cold_view(ds, cand, labels, valid)
     keep = cold_pos.any(axis=1)
     if keep.any():
-        v = valid[keep] & ~((labels[keep] > 0) & ~cold[keep])
-        cold_rep = M.ranking_report(scores[keep], cold_pos[keep].astype(np.float64), v,
-                                    groups=rq["user"][idx][keep])
+        cold_rep = M.ranking_report(scores[keep], cold_pos[keep], cold_valid[keep], groups=rq["user"][idx][keep])
         for key in ("ndcg@10", "recall@20", "auc", "n_requests"):
             out[f"cold.{key}"] = cold_rep[key]
     else:
@@ -56,9 +60,7 @@ def per_request_ndcg(ds: Dataset, idx: np.ndarray, scores: np.ndarray, view: str
     labels = rq[label][idx].astype(np.float64)
     valid = cand >= 0
     if view == "cold":
-        cold = np.asarray(ds.items["cold"]).astype(bool)[np.where(valid, cand, 0)] & valid
-        valid = valid & ~((labels > 0) & ~cold)
-        labels = ((labels > 0) & cold).astype(np.float64)
+        labels, valid = _cold_view(ds, cand, labels, valid)
     elif view != "all":
         raise ValueError(f"view must be 'all' or 'cold', got {view!r}")
     return M.ndcg_at_k(np.asarray(scores, np.float64), labels, k, valid)
