@@ -41,7 +41,8 @@ from edge_rec.distill.features import FeatureBuilder, N_ENGAGEMENT
 from edge_rec.distill.models import RankerBase, count_params, macs_per_candidate
 from edge_rec.distill.student import Student
 from edge_rec.distill.teacher_stage import load_teacher
-from edge_rec.distill.trainer import model_inputs, predict, to_tensors, train
+from edge_rec.distill.parallel import auto_workers, run_jobs
+from edge_rec.distill.trainer import load_checkpoint, model_inputs, predict, to_tensors, train
 
 STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {"model": dict(d_model=16, num_heads=2, ffn_dim=32, head_hidden=24, input_noise=0.5),
@@ -190,6 +191,63 @@ def structural_prune(model: Student, target_params: int, cfg: DistillConfig, n: 
     return chosen, info
 
 
+# ---- training one student (in this process or a worker) ------------------------------------------
+@dataclasses.dataclass
+class _FitContext:
+    """What every student's training shares (picklable: it travels to the workers)."""
+
+    ds: Dataset
+    subset: np.ndarray
+    cache: dict[str, np.ndarray]
+    cfg: DistillConfig
+    tcfg: TrainConfig
+    skw: dict[str, Any]
+    hist_len: int
+    d_teacher: int
+    out: Path
+    test: np.ndarray
+    n: int
+
+    def new_student(self, mods: dict[str, int], kd: bool) -> Student:
+        s = Student(StudentConfig(modalities=mods, hist_dim=_hist_dim(mods), **self.skw))
+        if kd and self.cfg.feature_weight > 0:
+            s.kd_proj = nn.Linear(s.config.d_model, self.d_teacher)     # training only
+        return s
+
+
+def _fit_student(ctx: _FitContext, name: str, mods: dict[str, int], kd: bool, model: Student | None,
+                 epochs: int | None, progress: bool, in_process: bool) -> tuple[dict[str, Any], Student | None]:
+    """Train and score one student; returns (report row, the student when ``in_process``; a worker's
+    weights come back through ``OUT/runs/<name>/best``)."""
+    torch.manual_seed(ctx.tcfg.seed)
+    if model is None:
+        student = ctx.new_student(mods, kd)
+    else:
+        student = model
+        if kd and ctx.cfg.feature_weight > 0:
+            student.kd_proj = nn.Linear(student.config.d_model, ctx.d_teacher)
+    fb = FeatureBuilder.from_dataset(ctx.ds, ctx.hist_len, modalities=list(mods))
+    extra = kd_loss(student, ctx.cache, ctx.cfg) if kd else None
+    c = ctx.tcfg if epochs is None else dataclasses.replace(ctx.tcfg, epochs=epochs)
+    fit_info = train(student, ctx.ds, ctx.out / "runs" / name, c, fb=fb, progress=progress, extra_loss=extra,
+                     label_weight=ctx.cfg.label_weight if kd else 1.0, train_idx=ctx.subset)
+    if hasattr(student, "kd_proj"):
+        del student.kd_proj
+    metrics = evaluate_scores(ctx.ds, ctx.test, predict(student, fb, ctx.ds, ctx.test))
+    row = model_row(metrics, count_params(student), macs_per_candidate(student, n=ctx.n, hist_len=ctx.hist_len),
+                    modalities=list(mods), train=fit_info)
+    return row, (student if in_process else None)
+
+
+def _load_trained(ctx: _FitContext, name: str, mods: dict[str, int]) -> Student:
+    """A KD student a worker trained, from the best weights its run kept (KD projection dropped)."""
+    student = ctx.new_student(mods, kd=True)           # the same modules as in training
+    load_checkpoint(ctx.out / "runs" / name / "best", student)
+    if hasattr(student, "kd_proj"):
+        del student.kd_proj
+    return student.eval()
+
+
 # ---- the stage -----------------------------------------------------------------------------------
 def student_configs(preset: str, model_overrides: dict[str, Any] | None = None,
                     train_overrides: dict[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
@@ -203,8 +261,12 @@ def _hist_dim(mods: dict[str, int]) -> int:
 
 def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: str = "default",
             config: DistillConfig | None = None, model_overrides: dict[str, Any] | None = None,
-            train_overrides: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run steps 1-5 of the module docstring; returns the stage report (also ``OUT/report.json``)."""
+            train_overrides: dict[str, Any] | None = None, progress: bool = True,
+            jobs: int | None = None) -> dict[str, Any]:
+    """Run steps 1-5 of the module docstring; returns the stage report (also ``OUT/report.json``).
+
+    ``jobs``: worker processes for the independent students of steps 2-4 (default: one per core on a
+    CPU; see :mod:`edge_rec.distill.parallel`)."""
     cfg = config or DistillConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,29 +295,35 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
     d_teacher = teacher.config.d_model
     models: dict[str, dict[str, Any]] = {}
 
+    ctx = _FitContext(ds=ds, subset=subset, cache=cache, cfg=cfg, tcfg=tcfg, skw=skw, hist_len=hist_len,
+                      d_teacher=d_teacher, out=out, test=test, n=n)
+
     def fit(name: str, mods: dict[str, int], kd: bool, model: Student | None = None,
-            epochs: int | None = None) -> tuple[Student, FeatureBuilder]:
-        torch.manual_seed(tcfg.seed)
-        student = model or Student(StudentConfig(modalities=mods, hist_dim=_hist_dim(mods), **skw))
-        fb = FeatureBuilder.from_dataset(ds, hist_len, modalities=list(mods))
-        extra = None
-        if kd:
-            if cfg.feature_weight > 0:
-                student.kd_proj = nn.Linear(student.config.d_model, d_teacher)   # training only
-            extra = kd_loss(student, cache, cfg)
-        c = tcfg if epochs is None else dataclasses.replace(tcfg, epochs=epochs)
-        fit_info = train(student, ds, out / "runs" / name, c, fb=fb, progress=progress, extra_loss=extra,
-                         label_weight=cfg.label_weight if kd else 1.0, train_idx=subset)
-        if hasattr(student, "kd_proj"):
-            del student.kd_proj
-        metrics = evaluate_scores(ds, test, predict(student, fb, ds, test))
-        models[name] = model_row(metrics, count_params(student), macs_per_candidate(student, n=n, hist_len=hist_len),
-                                 modalities=list(mods), train=fit_info)
-        return student, fb
+            epochs: int | None = None) -> Student:
+        row, student = _fit_student(ctx, name, mods, kd, model, epochs, progress, True)
+        models[name] = row
+        return student
 
     all_mods = dict(ds.modalities)
-    fit("student_label_only", all_mods, kd=False)
-    kd_full, _ = fit("student_kd", all_mods, kd=True)
+    # the students that need nothing but the teacher cache, trained side by side on a CPU
+    # (see edge_rec.distill.parallel): the no-KD control, the KD student and, for modality pruning,
+    # one student without each modality
+    loo_names = {m: f"student_without_{m}" for m in all_mods} if cfg.prune_modalities and len(all_mods) > 1 else {}
+    todo = [("student_label_only", all_mods, False), ("student_kd", all_mods, True)]
+    todo += [(name, {k: v for k, v in all_mods.items() if k != m}, True) for m, name in loo_names.items()]
+    workers = auto_workers(len(todo), tcfg.device, jobs)
+    results = run_jobs(_fit_student, [(ctx, name, mods, kd, None, None, progress and workers == 1, workers == 1)
+                                      for name, mods, kd in todo], workers, desc="distill", progress=progress)
+    trained: dict[str, Student | None] = {}
+    for (name, mods, kd), (row, student) in zip(todo, results):
+        models[name], trained[name] = row, student
+
+    def student_of(name: str) -> Student:
+        """A student trained above (rebuilt from its run's best weights when a worker trained it)."""
+        if trained[name] is None:
+            mods = {m: all_mods[m] for m in models[name]["modalities"]}
+            trained[name] = _load_trained(ctx, name, mods)
+        return trained[name]
 
     # Modality worth: leave one modality out, re-distil, and measure the validation NDCG@10 lost.
     # (Masking a modality in a trained model under-states it, because every embedding also
@@ -263,12 +331,9 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
     masking = modality_importance(teacher, tfb, ds, val)
     base_val = models["student_kd"]["train"]["best_val_ndcg@10"]
     importance: dict[str, float] = {}
-    loo: dict[str, Student] = {}
-    if cfg.prune_modalities and len(all_mods) > 1:
-        for m in all_mods:
-            rest = {k: v for k, v in all_mods.items() if k != m}
-            loo[m], _ = fit(f"student_without_{m}", rest, kd=True)
-            importance[m] = (base_val - models[f"student_without_{m}"]["train"]["best_val_ndcg@10"]) / base_val
+    if loo_names:
+        for m, name in loo_names.items():
+            importance[m] = (base_val - models[name]["train"]["best_val_ndcg@10"]) / base_val
         kept = [m for m in all_mods if importance[m] >= cfg.modality_budget]
         if not kept:  # never prune everything: keep the most useful one
             kept = [max(importance, key=importance.get)]
@@ -277,19 +342,19 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
     pruned = [m for m in all_mods if m not in kept]
     kept_mods = {m: all_mods[m] for m in kept}
     if not pruned:
-        unpruned = kd_full
+        unpruned = student_of("student_kd")
         models["student_modality_pruned"] = dict(models["student_kd"])
     elif len(pruned) == 1:   # that student was trained already: re-use it
-        unpruned = loo[pruned[0]]
-        models["student_modality_pruned"] = dict(models[f"student_without_{pruned[0]}"])
+        unpruned = student_of(loo_names[pruned[0]])
+        models["student_modality_pruned"] = dict(models[loo_names[pruned[0]]])
     else:
-        unpruned, _ = fit("student_modality_pruned", kept_mods, kd=True)
+        unpruned = fit("student_modality_pruned", kept_mods, kd=True)
     for m in all_mods:
         models.pop(f"student_without_{m}", None)
 
     target = int(cfg.target_params_ratio * t_params)
     small, sinfo = structural_prune(unpruned, target, cfg, n, hist_len)
-    final, _ = fit("student", kept_mods, kd=True, model=small, epochs=cfg.finetune_epochs)
+    final = fit("student", kept_mods, kd=True, model=small, epochs=cfg.finetune_epochs)
     models["student"]["structural_pruning"] = sinfo
 
     for name in models:
@@ -297,7 +362,7 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
         models[name]["macs_ratio_to_teacher"] = models[name]["macs_per_candidate"] / t_macs
     planted = ds.meta.get("planted", {}).get("noise_modality")
     report = {
-        "preset": preset, "config": cfg.to_dict(), "train_config": tcfg.to_dict(),
+        "preset": preset, "config": cfg.to_dict(), "train_config": tcfg.to_dict(), "side_by_side_workers": workers,
         "models": models,
         "modalities": {"importance": importance, "kept": kept, "pruned": pruned, "planted_noise": planted,
                        "budget": cfg.modality_budget,

@@ -38,10 +38,12 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
 
 def run_pipeline(
     *, preset: str = "default", seed: int = 0, out: str | Path, data: str | Path | None = None,
-    overwrite: bool = False, progress: bool = True,
+    overwrite: bool = False, progress: bool = True, jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run every available stage; write ``report.json``, ``report.md`` and plots under ``out``.
 
+    ``jobs``: worker processes for the models that train independently (see
+    :mod:`edge_rec.distill.parallel`; default one per core on a CPU).
     With ``data`` an existing dataset folder is used instead of generating the synthetic world.
     Returns the report dictionary.
     """
@@ -74,7 +76,7 @@ def run_pipeline(
 
     t0 = time.perf_counter()
     teacher_preset = preset
-    stage = train_teacher(ds, run / "teacher", preset=teacher_preset, progress=progress)
+    stage = train_teacher(ds, run / "teacher", preset=teacher_preset, progress=progress, jobs=jobs)
     models.update({k: v for k, v in stage["models"].items() if k not in models})
     timings["train-teacher"] = time.perf_counter() - t0
     stages["train-teacher"] = (f"ran: early_fusion, late_fusion, teacher (+ contrastive ablation), "
@@ -83,7 +85,7 @@ def run_pipeline(
     from edge_rec.distill.distill_stage import distill
 
     t0 = time.perf_counter()
-    dstage = distill(ds, run / "teacher", run / "student", preset=preset, progress=progress)
+    dstage = distill(ds, run / "teacher", run / "student", preset=preset, progress=progress, jobs=jobs)
     for name in ("student_label_only", "student_kd", "student", "student_modality_pruned"):
         models[name] = dstage["models"][name]
     timings["distill"] = time.perf_counter() - t0

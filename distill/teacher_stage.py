@@ -29,7 +29,8 @@ from edge_rec.distill.evaluate import evaluate_scores, model_row, paired_bootstr
 from edge_rec.distill.features import FeatureBuilder
 from edge_rec.distill.models import (FusionTransformer, TeacherConfig, build_model, count_params,
                                      macs_per_candidate)
-from edge_rec.distill.trainer import TrainConfig, predict, train
+from edge_rec.distill.parallel import auto_workers, run_jobs
+from edge_rec.distill.trainer import TrainConfig, load_checkpoint, predict, train
 
 TEACHER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {"model": dict(d_model=32, num_heads=2, num_layers=1, hist_layers=1, head_hidden=64, input_noise=0.5),
@@ -68,11 +69,25 @@ def _fit_and_score(name: str, model, ds: Dataset, fb: FeatureBuilder, out: Path,
     return row, fit
 
 
+def _fit_job(name: str, kind: str, model_kw: dict[str, Any], ds: Dataset, fb: FeatureBuilder, out: Path,
+             cfg: TrainConfig, resume: bool, progress: bool, in_process: bool) -> tuple[Any, ...]:
+    """Build, train and score one model (in this process or a worker; a worker's trained weights
+    come back through ``out/runs/<name>/best``). Returns (report row, fit info, test scores, the
+    model when ``in_process`` else None)."""
+    torch.manual_seed(cfg.seed)
+    m = build_model(kind, ds.modalities, fb.hist_dim, **model_kw)
+    keep: dict[str, Any] = {}
+    row, fit = _fit_and_score(name, m, ds, fb, out, cfg, resume, progress, keep=keep)
+    return row, fit, keep[name], (m if in_process else None)
+
+
 def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", model_overrides: dict[str, Any] | None = None,
                   train_overrides: dict[str, Any] | None = None, ablation: bool = True, fusion_baselines: bool = True,
-                  resume: bool = False, progress: bool = True) -> dict[str, Any]:
+                  resume: bool = False, progress: bool = True, jobs: int | None = None) -> dict[str, Any]:
     """Train the fusion baselines, the teacher and (``ablation``) the teacher without InfoNCE.
 
+    These are independent: on a CPU they train side by side in worker processes (``jobs``, default
+    one per core; see :mod:`edge_rec.distill.parallel`), with the same results as one after the other.
     Returns the stage report: ``models`` (report keys of DESIGN.md for popularity, id_only,
     early_fusion, late_fusion, teacher), ``teacher`` (config, throughput, the contrastive ablation).
     """
@@ -82,16 +97,28 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
         out.mkdir(parents=True, exist_ok=True)
     fb = FeatureBuilder.from_dataset(ds, cfg.hist_len)
     models: dict[str, dict[str, Any]] = dict(run_baselines(ds, full_catalogue=False))
-    test_scores: dict[str, Any] = {}
     plain = dataclasses.replace(cfg, contrastive_weight=0.0)
+    do_ablation = ablation and len(ds.modalities) >= 2 and cfg.contrastive_weight > 0
+    # (name, architecture, model kwargs, train config), the longest first: with workers they start first
+    todo: list[tuple[str, str, dict[str, Any], TrainConfig]] = [("teacher", "teacher", model_kw, cfg)]
+    if do_ablation:
+        todo.append(("teacher_no_contrastive", "teacher", model_kw, plain))
     if fusion_baselines:
-        for kind in ("early_fusion", "late_fusion"):
-            torch.manual_seed(cfg.seed)
-            m = build_model(kind, ds.modalities, fb.hist_dim)
-            models[kind], _ = _fit_and_score(kind, m, ds, fb, out, plain, resume, progress, keep=test_scores)
-    torch.manual_seed(cfg.seed)
-    teacher = build_model("teacher", ds.modalities, fb.hist_dim, **model_kw)
-    models["teacher"], fit = _fit_and_score("teacher", teacher, ds, fb, out, cfg, resume, progress, keep=test_scores)
+        todo += [(kind, kind, {}, plain) for kind in ("early_fusion", "late_fusion")]
+    workers = auto_workers(len(todo), cfg.device, jobs)
+    results = run_jobs(_fit_job, [(name, kind, kw, ds, fb, out, c, resume, progress and workers == 1, workers == 1)
+                                  for name, kind, kw, c in todo],
+                       workers, desc="train-teacher", progress=progress)
+    done = {name: r for (name, *_), r in zip(todo, results)}
+    test_scores: dict[str, Any] = {}
+    for name in ("early_fusion", "late_fusion", "teacher"):
+        if name in done:
+            models[name], _, test_scores[name], _ = done[name]
+    fit, teacher = done["teacher"][1], done["teacher"][3]
+    if teacher is None:                        # trained in a worker: the weights its run kept
+        teacher = build_model("teacher", ds.modalities, fb.hist_dim, **model_kw)
+        load_checkpoint(out / "runs" / "teacher" / "best", teacher)
+        teacher.eval()
     # "clearly better" measured: the teacher minus each fusion baseline, request by request on the same
     # test requests, overall and on the cold-start view, with a paired bootstrap 95 % interval
     test = ds.split_index("test")
@@ -99,10 +126,8 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
     versus = {name: {view: paired_bootstrap(per["teacher"][view], per[name][view]) for view in ("all", "cold")}
               for name in per if name != "teacher"}
     abl: dict[str, Any] = {"contrastive_weight": cfg.contrastive_weight}
-    if ablation and len(ds.modalities) >= 2 and cfg.contrastive_weight > 0:
-        torch.manual_seed(cfg.seed)
-        m0 = build_model("teacher", ds.modalities, fb.hist_dim, **model_kw)
-        row0, _ = _fit_and_score("teacher_no_contrastive", m0, ds, fb, out, plain, resume, progress)
+    if do_ablation:
+        row0 = done["teacher_no_contrastive"][0]
         abl.update({"with": {k: models["teacher"][k] for k in ("ndcg@10", "cold.ndcg@10", "auc")},
                     "without": {k: row0[k] for k in ("ndcg@10", "cold.ndcg@10", "auc")}})
         abl["ndcg@10_gain"] = models["teacher"]["ndcg@10"] - row0["ndcg@10"]
@@ -115,7 +140,8 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
             "config": teacher.config.to_dict(), "train_config": cfg.to_dict(), "hist_len": cfg.hist_len,
             "params": count_params(teacher), "macs_per_candidate": models["teacher"]["macs_per_candidate"],
             "throughput": {"samples_per_s": fit["samples_per_s"], "requests_per_s": fit["requests_per_s"],
-                           "device": fit["device"], "world_size": fit["world_size"], "train_s": fit["train_s"]},
+                           "device": fit["device"], "world_size": fit["world_size"], "train_s": fit["train_s"],
+                           "side_by_side_workers": workers},
             "contrastive_ablation": abl,
             "versus": versus,
         },

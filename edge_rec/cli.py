@@ -138,7 +138,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
     rep = train_teacher(Dataset.load(args.data), args.out, preset=args.preset,
                         model_overrides=_overrides(args, "model"), train_overrides=_overrides(args, "train"),
-                        ablation=not args.no_ablation, fusion_baselines=not args.no_baselines, resume=args.resume)
+                        ablation=not args.no_ablation, fusion_baselines=not args.no_baselines, resume=args.resume,
+                        jobs=args.jobs)
     if int(__import__("os").environ.get("RANK", 0)) == 0:
         for name, row in rep["models"].items():
             print(f"{name:14s} ndcg@10 {_num(row['ndcg@10'])}  cold.ndcg@10 {_num(row['cold.ndcg@10'])}  "
@@ -156,7 +157,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     rep = distill(Dataset.load(args.data), args.teacher, args.out, preset=args.preset,
                   config=DistillConfig(**_overrides(args, "kd")), model_overrides=_overrides(args, "student"),
-                  train_overrides=_overrides(args, "train"))
+                  train_overrides=_overrides(args, "train"), jobs=args.jobs)
     for name, row in rep["models"].items():
         print(f"{name:24s} ndcg@10 {_num(row['ndcg@10'])}  params {row['params']:>7d} "
               f"({row['params_ratio_to_teacher']:.3f} of teacher)  MACs/cand {row['macs_per_candidate']:>8d} "
@@ -177,7 +178,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from edge_rec.distill.pipeline import run_pipeline
 
     report = run_pipeline(preset=args.preset, seed=args.seed, out=args.out, data=args.data,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, jobs=args.jobs)
     ran = [k for k, v in report["stages"].items() if v.startswith("ran")]
     print(f"stages run: {', '.join(ran)}")
     for k, v in report["stages"].items():
@@ -418,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue each model from OUT/runs/<model>/last")
     t.add_argument("--no-ablation", action="store_true", help="skip the teacher trained without the contrastive loss")
     t.add_argument("--no-baselines", action="store_true", help="skip early_fusion / late_fusion")
+    t.add_argument("--jobs", type=int, help=JOBS_HELP)
     from edge_rec.distill.configs import TeacherConfig, TrainConfig
 
     _config_options(t, TeacherConfig, "model", exclude=("hist_dim",))
@@ -429,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds_.add_argument("--teacher", required=True, help="folder written by train-teacher")
     ds_.add_argument("--out", required=True)
     ds_.add_argument("--preset", default="default", choices=["tiny", "default", "large"])
+    ds_.add_argument("--jobs", type=int, help=JOBS_HELP)
     from edge_rec.distill.configs import DistillConfig, StudentConfig
 
     _config_options(ds_, StudentConfig, "student", exclude=("hist_dim",))
@@ -509,8 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True)
     pl.add_argument("--data", help="use this dataset folder instead of generating the synthetic world")
     pl.add_argument("--overwrite", action="store_true")
+    pl.add_argument("--jobs", type=int, help=JOBS_HELP)
     pl.set_defaults(func=cmd_pipeline)
     return p
+
+
+JOBS_HELP = ("models trained side by side in worker processes on a CPU (default: one per core, at most the "
+             "number of independent models; env EDGE_REC_JOBS; 1 = all in this process)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from edge_rec.distill.models import count_params, macs_per_candidate
 from edge_rec.distill.student import Student
 from edge_rec.distill.teacher_stage import load_teacher, train_teacher
 from edge_rec.distill.trainer import model_inputs, to_tensors
-from edge_rec.errors import ConfigError
+from edge_rec.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,66 @@ def test_modality_pruning_drops_the_planted_noise_and_keeps_visual(seed, tmp_pat
     mods = rep["modalities"]
     assert "motion" in mods["pruned"] and "visual" in mods["kept"], mods["importance"]
     assert mods["importance"]["visual"] >= rep["config"]["modality_budget"] > mods["importance"]["motion"]
+
+
+# ---- independent models trained side by side (edge_rec.distill.parallel) ------------------------
+def test_worker_count_rules(monkeypatch):
+    from edge_rec.distill.parallel import auto_workers, cpu_count
+
+    monkeypatch.delenv("EDGE_REC_JOBS", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert auto_workers(1, "cpu") == 1                          # nothing to run side by side
+    assert auto_workers(4, "cpu") == min(4, cpu_count())
+    assert auto_workers(4, "cpu", jobs=3) == 3 and auto_workers(2, "cpu", jobs=8) == 2
+    monkeypatch.setenv("EDGE_REC_JOBS", "1")
+    assert auto_workers(4, "cpu") == 1
+    monkeypatch.setenv("EDGE_REC_JOBS", "two")
+    with pytest.raises(ConfigError, match="EDGE_REC_JOBS"):
+        auto_workers(4, "cpu")
+    monkeypatch.delenv("EDGE_REC_JOBS")
+    with pytest.raises(ConfigError, match="jobs=0"):
+        auto_workers(4, "cpu", jobs=0)
+    monkeypatch.setenv("WORLD_SIZE", "2")                       # under torchrun: DDP does the parallel work
+    assert auto_workers(4, "cpu", jobs=2) == 1
+
+
+def test_a_workers_error_reaches_the_caller_typed(tmp_path):
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.parallel import run_jobs
+
+    with pytest.raises(DataError):
+        run_jobs(Dataset.load, [(tmp_path / "missing_a",), (tmp_path / "missing_b",)], 2, progress=False)
+
+
+@pytest.mark.slow
+def test_side_by_side_training_gives_the_same_models(tiny_world, teacher_dir, tmp_path):
+    """Workers (1 thread each) and one process train the same teacher-stage and distill-stage models."""
+    from safetensors.numpy import load_file
+
+    reps = {}
+    for jobs in (1, 2):
+        t = train_teacher(tiny_world, tmp_path / f"t{jobs}", preset="tiny", train_overrides={"epochs": 1},
+                          progress=False, jobs=jobs)
+        d = distill(tiny_world, teacher_dir, tmp_path / f"s{jobs}", preset="tiny", train_overrides={"epochs": 1},
+                    config=DistillConfig(finetune_epochs=1), progress=False, jobs=jobs)
+        reps[jobs] = (t, d)
+    (t1, d1), (t2, d2) = reps[1], reps[2]
+    assert t1["teacher"]["throughput"]["side_by_side_workers"] == 1 and d1["side_by_side_workers"] == 1
+    assert t2["teacher"]["throughput"]["side_by_side_workers"] == 2 and d2["side_by_side_workers"] == 2
+    assert set(t1["models"]) == set(t2["models"]) >= {"early_fusion", "late_fusion", "teacher"}
+    for a, b in ((t1, t2), (d1, d2)):
+        for name in a["models"]:
+            assert a["models"][name]["ndcg@10"] == pytest.approx(b["models"][name]["ndcg@10"], rel=1e-6), name
+    assert t1["teacher"]["contrastive_ablation"]["ndcg@10_gain"] == pytest.approx(
+        t2["teacher"]["contrastive_ablation"]["ndcg@10_gain"], abs=1e-6)
+    assert d1["modalities"]["pruned"] == d2["modalities"]["pruned"]
+    for sub in ("t", "s"):                                     # the saved teacher and final student
+        w1, w2 = load_file(str(tmp_path / f"{sub}1" / "model.safetensors")), load_file(str(tmp_path / f"{sub}2" / "model.safetensors"))
+        assert w1.keys() == w2.keys()
+        for k in w1:
+            if k.endswith("attn.k.bias"):
+                # a key bias adds the same q.b to every logit of a query: softmax cancels it, its true
+                # gradient is 0 and Adam turns the rounding noise (which differs with the thread
+                # count) into steps; it cannot change any output (the NDCGs above are equal)
+                continue
+            np.testing.assert_allclose(w1[k], w2[k], rtol=1e-5, atol=1e-6, err_msg=f"{sub}: {k}")
