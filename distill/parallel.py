@@ -61,13 +61,26 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+# A forked worker inherits the jobs from its parent's memory, so only an index travels through the
+# pipe (a dataset or a teacher cache of hundreds of MB is not pickled once per job).
+_FORKED: tuple[Callable[..., Any], Sequence[tuple]] | None = None
+
+
+def _run_forked(i: int) -> Any:
+    assert _FORKED is not None, "a forked worker lost its jobs"
+    fn, jobs = _FORKED
+    return fn(*jobs[i])
+
+
 def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, *, desc: str = "jobs",
-             progress: bool = True) -> list[Any]:
+             progress: bool = True, start_method: str | None = None) -> list[Any]:
     """``[fn(*args) for args in jobs]``, in ``workers`` processes when ``workers > 1``.
 
-    Give the longest jobs first: they start first. ``fn`` must be a module-level function and its
-    arguments picklable (they travel to the worker through a pipe; nothing is written to disk).
-    Where processes are spawned (not Linux), the calling script needs ``if __name__ == "__main__":``."""
+    Give the longest jobs first: they start first. The results travel back through a pipe (keep them
+    small: metrics, scores; weights go through the run folders). Forked workers (Linux) inherit the
+    jobs; spawned ones (elsewhere) receive them pickled, so there ``fn`` must be a module-level
+    function, its arguments picklable, and the calling script needs ``if __name__ == "__main__":``.
+    ``start_method`` ("fork" or "spawn") overrides that choice."""
     if workers <= 1:
         return [fn(*args) for args in jobs]
     threads = max(1, cpu_count() // workers)
@@ -79,12 +92,17 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, *, des
                    unit="model")
     results: list[Any] = [None] * len(jobs)
     # fork on Linux: no re-import of the caller's script (spawn re-runs an unguarded one) and nothing
-    # to rebuild; the parent has not started torch threads that a child would need (it uses
-    # ``threads``, set by the initializer). Elsewhere fork is unsafe (macOS) or missing: spawn.
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    # to rebuild or pickle; a child runs torch on its own ``threads`` (set by the initializer), never
+    # on its parent's thread pool. Elsewhere fork is unsafe (macOS) or missing: spawn.
+    global _FORKED
+    fork = (start_method or ("fork" if sys.platform.startswith("linux") else "spawn")) == "fork"
+    ctx = multiprocessing.get_context("fork" if fork else "spawn")
+    if fork:
+        _FORKED = (fn, jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        pending: dict[Future, int] = {pool.submit(fn, *args): i for i, args in enumerate(jobs)}
+        pending: dict[Future, int] = {(pool.submit(_run_forked, i) if fork else pool.submit(fn, *args)): i
+                                      for i, args in enumerate(jobs)}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -97,6 +115,7 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, *, des
                 fut.cancel()
             raise
         finally:
+            _FORKED = None
             if bar is not None:
                 bar.close()
     return results

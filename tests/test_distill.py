@@ -160,12 +160,16 @@ def test_worker_count_rules(monkeypatch):
     assert auto_workers(4, "cpu", jobs=2) == 1
 
 
-def test_a_workers_error_reaches_the_caller_typed(tmp_path):
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_workers_return_results_in_order_and_errors_typed(tmp_path, start):
     from edge_rec.distill.dataset import Dataset
     from edge_rec.distill.parallel import run_jobs
 
+    jobs = [(np.arange(k),) for k in (5, 1, 3)]
+    assert run_jobs(np.sum, jobs, 2, progress=False, start_method=start) == [10, 0, 3]
     with pytest.raises(DataError):
-        run_jobs(Dataset.load, [(tmp_path / "missing_a",), (tmp_path / "missing_b",)], 2, progress=False)
+        run_jobs(Dataset.load, [(tmp_path / "missing_a",), (tmp_path / "missing_b",)], 2, progress=False,
+                 start_method=start)
 
 
 @pytest.mark.slow
