@@ -183,6 +183,11 @@ def test_side_by_side_training_gives_the_same_models(tiny_world, teacher_dir, tm
                           progress=False, jobs=jobs)
         d = distill(tiny_world, teacher_dir, tmp_path / f"s{jobs}", preset="tiny", train_overrides={"epochs": 1},
                     config=DistillConfig(finetune_epochs=1), progress=False, jobs=jobs)
+        # nothing pruned: the final student starts from student_kd, which a worker trained (jobs=2)
+        # and the stage rebuilds from that run's best weights
+        k = distill(tiny_world, teacher_dir, tmp_path / f"k{jobs}", preset="tiny", train_overrides={"epochs": 1},
+                    config=DistillConfig(finetune_epochs=1, prune_modalities=False), progress=False, jobs=jobs)
+        assert k["side_by_side_workers"] == jobs and not k["modalities"]["pruned"]
         reps[jobs] = (t, d)
     (t1, d1), (t2, d2) = reps[1], reps[2]
     assert t1["teacher"]["throughput"]["side_by_side_workers"] == 1 and d1["side_by_side_workers"] == 1
@@ -194,7 +199,7 @@ def test_side_by_side_training_gives_the_same_models(tiny_world, teacher_dir, tm
     assert t1["teacher"]["contrastive_ablation"]["ndcg@10_gain"] == pytest.approx(
         t2["teacher"]["contrastive_ablation"]["ndcg@10_gain"], abs=1e-6)
     assert d1["modalities"]["pruned"] == d2["modalities"]["pruned"]
-    for sub in ("t", "s"):                                     # the saved teacher and final student
+    for sub in ("t", "s", "k"):                                # the saved teachers and final students
         w1, w2 = load_file(str(tmp_path / f"{sub}1" / "model.safetensors")), load_file(str(tmp_path / f"{sub}2" / "model.safetensors"))
         assert w1.keys() == w2.keys()
         for k in w1:
