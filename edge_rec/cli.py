@@ -353,6 +353,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------------------------
+def _jobs(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be a whole number >= 1 (got {text!r}); 1 trains one model at a time")
+    return n
+
+
+JOBS_HELP = ("models trained side by side in worker processes on a CPU (default: one per core, at most the "
+             "number of independent models; env EDGE_REC_JOBS; 1 = all in this process)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edge_rec import __version__
 
@@ -419,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue each model from OUT/runs/<model>/last")
     t.add_argument("--no-ablation", action="store_true", help="skip the teacher trained without the contrastive loss")
     t.add_argument("--no-baselines", action="store_true", help="skip early_fusion / late_fusion")
-    t.add_argument("--jobs", type=int, help=JOBS_HELP)
+    t.add_argument("--jobs", type=_jobs, help=JOBS_HELP)
     from edge_rec.distill.configs import TeacherConfig, TrainConfig
 
     _config_options(t, TeacherConfig, "model", exclude=("hist_dim",))
@@ -431,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds_.add_argument("--teacher", required=True, help="folder written by train-teacher")
     ds_.add_argument("--out", required=True)
     ds_.add_argument("--preset", default="default", choices=["tiny", "default", "large"])
-    ds_.add_argument("--jobs", type=int, help=JOBS_HELP)
+    ds_.add_argument("--jobs", type=_jobs, help=JOBS_HELP)
     from edge_rec.distill.configs import DistillConfig, StudentConfig
 
     _config_options(ds_, StudentConfig, "student", exclude=("hist_dim",))
@@ -512,13 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", required=True)
     pl.add_argument("--data", help="use this dataset folder instead of generating the synthetic world")
     pl.add_argument("--overwrite", action="store_true")
-    pl.add_argument("--jobs", type=int, help=JOBS_HELP)
+    pl.add_argument("--jobs", type=_jobs, help=JOBS_HELP)
     pl.set_defaults(func=cmd_pipeline)
     return p
-
-
-JOBS_HELP = ("models trained side by side in worker processes on a CPU (default: one per core, at most the "
-             "number of independent models; env EDGE_REC_JOBS; 1 = all in this process)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,10 @@ def test_input_errors_exit_2_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     assert main(["world", "--preset", "tiny", "--n-candidates", "2", "--out", str(tmp_path / "w")]) == 2
     assert main(["no-such-command"]) == 2
+    for bad in ("0", "two"):
+        assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "p"), "--jobs", bad]) == 2
+        assert "--jobs must be a whole number" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 def test_pipeline_tiny_writes_the_report(tiny_run):
