@@ -116,6 +116,7 @@ def main() -> None:
             times[name][i] = time.perf_counter() - t0
     stats = {k: _stats(v * 1e3) for k, v in times.items()}
     stats["teacher_pytorch_fp32"] = _stats(_times(teacher_call, max(50, args.repeats // 10), warmup=10))
+    from edge_rec.distill.models import count_params
     from edge_rec.distill.teacher_stage import teacher_configs
 
     large_kw, _ = teacher_configs("large")
@@ -137,7 +138,7 @@ def main() -> None:
         "teacher_over_rerank_p50": t["p50_ms"] / r["p50_ms"],
         "teacher_over_engine_p50": t["p50_ms"] / e["p50_ms"],
         "large_preset_teacher_over_rerank_p50": stats["teacher_large_preset_pytorch_fp32"]["p50_ms"] / r["p50_ms"],
-        "large_preset_teacher_params": sum(p.numel() for p in large.parameters()),
+        "large_preset_teacher_params": count_params(large),
         "targets": {"rerank_p50_ms": 1.0, "rerank_p99_ms": 2.0, "wrapper_overhead": 0.25, "teacher_over_rerank_p50": 20.0},
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor()},
     }

@@ -209,10 +209,13 @@ class _FitContext:
     n: int
 
     def new_student(self, mods: dict[str, int], kd: bool) -> Student:
-        s = Student(StudentConfig(modalities=mods, hist_dim=_hist_dim(mods), **self.skw))
+        return self.with_kd_proj(Student(StudentConfig(modalities=mods, hist_dim=_hist_dim(mods), **self.skw)), kd)
+
+    def with_kd_proj(self, student: Student, kd: bool) -> Student:
+        """Attach the training-only projection of feature distillation (student fused -> teacher's)."""
         if kd and self.cfg.feature_weight > 0:
-            s.kd_proj = nn.Linear(s.config.d_model, self.d_teacher)     # training only
-        return s
+            student.kd_proj = nn.Linear(student.config.d_model, self.d_teacher)
+        return student
 
 
 def _fit_student(ctx: _FitContext, name: str, mods: dict[str, int], kd: bool, model: Student | None,
@@ -220,12 +223,7 @@ def _fit_student(ctx: _FitContext, name: str, mods: dict[str, int], kd: bool, mo
     """Train and score one student; returns (report row, the student when ``in_process``; a worker's
     weights come back through ``OUT/runs/<name>/best``)."""
     torch.manual_seed(ctx.tcfg.seed)
-    if model is None:
-        student = ctx.new_student(mods, kd)
-    else:
-        student = model
-        if kd and ctx.cfg.feature_weight > 0:
-            student.kd_proj = nn.Linear(student.config.d_model, ctx.d_teacher)
+    student = ctx.new_student(mods, kd) if model is None else ctx.with_kd_proj(model, kd)
     fb = FeatureBuilder.from_dataset(ctx.ds, ctx.hist_len, modalities=list(mods))
     extra = kd_loss(student, ctx.cache, ctx.cfg) if kd else None
     c = ctx.tcfg if epochs is None else dataclasses.replace(ctx.tcfg, epochs=epochs)
