@@ -36,7 +36,7 @@ from edge_rec.errors import DataError
 from edge_rec.distill.checkpoint import load_ranker, save_ranker
 from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig, preset_configs
 from edge_rec.distill.dataset import Dataset, write_json
-from edge_rec.distill.evaluate import evaluate_scores, model_row
+from edge_rec.distill.evaluate import evaluate_scores, model_row, paired_bootstrap, per_request_ndcg
 from edge_rec.distill.features import FeatureBuilder, N_ENGAGEMENT
 from edge_rec.distill.models import RankerBase, count_params, macs_per_candidate
 from edge_rec.distill.student import Student
@@ -146,6 +146,31 @@ def modality_importance(model: RankerBase, fb: FeatureBuilder, ds: Dataset, idx:
     return {"overall": overall, "cold": cold, "decision": "cold" if use_cold else "overall",
             "base_ndcg@10": base["ndcg@10"], "base_cold.ndcg@10": base["cold.ndcg@10"],
             "cold_requests": base.get("cold.n_requests", 0)}
+
+
+def loo_uncertainty(ctx: _FitContext, without: dict[str, Student], full: Student, val: np.ndarray,
+                    budget: float, n_boot: int = 2000) -> dict[str, Any]:
+    """How far each leave-one-out worth can be trusted: a 95 % paired-bootstrap interval of the relative
+    validation NDCG@10 lost without each modality (the validation requests resampled, the two
+    students' NDCG on one request kept together).
+
+    Returns ``importance_ci95`` {m: [lo, hi]} (relative), ``within_noise`` (the modalities whose
+    interval holds the budget: another draw of validation requests could flip their decision) and
+    ``validation_requests``. The interval covers the sampling of requests, not the retraining noise
+    of the students, so it is a lower bound on the uncertainty."""
+    def ndcg(model: Student) -> np.ndarray:
+        fb = FeatureBuilder.from_dataset(ctx.ds, ctx.hist_len, modalities=list(model.modalities))
+        return per_request_ndcg(ctx.ds, val, predict(model, fb, ctx.ds, val))
+
+    base = ndcg(full)
+    base_mean = float(np.nanmean(base))
+    ci, noisy = {}, []
+    for m, model in without.items():
+        b = paired_bootstrap(base, ndcg(model), n_boot=n_boot)
+        ci[m] = [b["ci95"][0] / base_mean, b["ci95"][1] / base_mean]
+        if ci[m][0] < budget <= ci[m][1]:
+            noisy.append(m)
+    return {"importance_ci95": ci, "within_noise": noisy, "validation_requests": int(np.isfinite(base).sum())}
 
 
 # ---- structural pruning --------------------------------------------------------------------------
@@ -329,9 +354,12 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
     masking = modality_importance(teacher, tfb, ds, val)
     base_val = models["student_kd"]["train"]["best_val_ndcg@10"]
     importance: dict[str, float] = {}
+    uncertainty: dict[str, Any] = {}
     if loo_names:
         for m, name in loo_names.items():
             importance[m] = (base_val - models[name]["train"]["best_val_ndcg@10"]) / base_val
+        uncertainty = loo_uncertainty(ctx, {m: student_of(name) for m, name in loo_names.items()},
+                                      student_of("student_kd"), val, cfg.modality_budget)
         kept = [m for m in all_mods if importance[m] >= cfg.modality_budget]
         if not kept:  # never prune everything: keep the most useful one
             kept = [max(importance, key=importance.get)]
@@ -365,6 +393,7 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
         "modalities": {"importance": importance, "kept": kept, "pruned": pruned, "planted_noise": planted,
                        "budget": cfg.modality_budget,
                        "measured_on": "leave-one-out re-distilled students, validation NDCG@10",
+                       **uncertainty,
                        "teacher_masking": masking},
         "teacher": {"params": t_params, "macs_per_candidate": t_macs, "dir": str(teacher_dir)},
         "student": {"config": final.config.to_dict(), "structural_pruning": sinfo},

@@ -143,7 +143,8 @@ def run_pipeline(
         "models": models,
         "modalities": {"importance": mods["importance"], "kept": mods["kept"], "pruned": mods["pruned"],
                        "planted_noise": planted.get("noise_modality"), "budget": mods["budget"],
-                       "measured_on": mods["measured_on"]},
+                       "measured_on": mods["measured_on"],
+                       **{k: mods[k] for k in ("importance_ci95", "within_noise", "validation_requests") if k in mods}},
         "student": dstage["student"],
         "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
                     for f, rows in ereport["exports"].items()},
@@ -216,11 +217,17 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
             lines.append("")
     mods = report.get("modalities", {})
     if "importance" in mods:
-        lines += ["## Modalities", "", "| modality | relative NDCG@10 lost without it | decision |", "|---|---|---|"]
+        ci = mods.get("importance_ci95", {})
+        lines += ["## Modalities", "", "| modality | relative NDCG@10 lost without it | 95 % interval | decision |",
+                  "|---|---|---|---|"]
         for m, v in mods["importance"].items():
-            lines.append(f"| {m} | {v:+.4f} | {'kept' if m in mods['kept'] else 'pruned'} |")
+            band = f"[{ci[m][0]:+.4f}, {ci[m][1]:+.4f}]" if m in ci else "n/a"
+            noisy = " (within noise)" if m in mods.get("within_noise", []) else ""
+            lines.append(f"| {m} | {v:+.4f} | {band} | {'kept' if m in mods['kept'] else 'pruned'}{noisy} |")
         lines += ["", f"Budget {mods['budget']}; measured on {mods['measured_on']}. Planted noise modality: "
-                      f"`{mods['planted_noise']}`.", ""]
+                      f"`{mods['planted_noise']}`. The interval is a paired bootstrap over the "
+                      f"{mods.get('validation_requests', 'n/a')} validation requests (it leaves out the students' "
+                      "retraining noise); a decision marked *within noise* could flip on another draw of them.", ""]
     if "student" in report:
         sp = report["student"]["structural_pruning"]
         lines += ["## Student", "",

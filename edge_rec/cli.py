@@ -163,8 +163,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
               f"({row['params_ratio_to_teacher']:.3f} of teacher)  MACs/cand {row['macs_per_candidate']:>8d} "
               f"({row['macs_ratio_to_teacher']:.3f})")
     mods = rep["modalities"]
-    print("modality importance (relative val NDCG@10 lost without it): "
-          + ", ".join(f"{m} {v:+.4f}" for m, v in mods["importance"].items()))
+    ci = mods.get("importance_ci95", {})
+    print("modality importance (relative val NDCG@10 lost without it, 95 % interval over the validation requests): "
+          + ", ".join(f"{m} {v:+.4f}" + (f" [{ci[m][0]:+.4f}, {ci[m][1]:+.4f}]" if m in ci else "")
+                      for m, v in mods["importance"].items()))
+    if mods.get("within_noise"):
+        print(f"within the measurement noise (the interval holds the budget {mods['budget']}): {mods['within_noise']}")
     print(f"kept {mods['kept']}  pruned {mods['pruned']}  (planted noise: {mods['planted_noise']})")
     print(f"report: {Path(args.out) / 'report.json'}  student: {Path(args.out) / 'model.safetensors'}")
     return 0

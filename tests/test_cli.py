@@ -82,7 +82,9 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     mods = rep["modalities"]
     assert set(mods["kept"]) | set(mods["pruned"]) == set(rep["dataset"]["modalities"])
     assert mods["planted_noise"] == "motion"
-    assert "| id_only |" in (run / "report.md").read_text()
+    assert set(mods["importance_ci95"]) == set(mods["importance"]) and mods["validation_requests"] > 100
+    md = (run / "report.md").read_text()
+    assert "| id_only |" in md and "| motion | " in md and "95 % interval" in md
     assert (run / "models.png").stat().st_size > 1000
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2     # never overwrites silently
 

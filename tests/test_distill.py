@@ -113,6 +113,13 @@ def test_distill_stage_end_to_end(tiny_world, teacher_dir, tmp_path):
     mods = rep["modalities"]
     assert set(mods["kept"]) | set(mods["pruned"]) == set(tiny_world.modalities)
     assert set(mods["importance"]) == set(tiny_world.modalities) and mods["kept"]
+    # each worth comes with its 95 % interval over the validation requests; the point estimate (from the
+    # students' best validation NDCG) lies inside it, and "within noise" means the interval holds the budget
+    budget = rep["config"]["modality_budget"]
+    assert mods["validation_requests"] > 100 and set(mods["importance_ci95"]) == set(mods["importance"])
+    for mod, (lo, hi) in mods["importance_ci95"].items():
+        assert lo < mods["importance"][mod] < hi, (mod, lo, hi)
+        assert (mod in mods["within_noise"]) == (lo < budget <= hi)
     assert m["student"]["params"] < m["student_label_only"]["params"] < rep["teacher"]["params"]
     student, meta = load_student(tmp_path)
     assert meta["kept_modalities"] == mods["kept"]
