@@ -163,6 +163,9 @@ def loo_uncertainty(ctx: _FitContext, without: dict[str, Student], full: Student
         return per_request_ndcg(ctx.ds, val, predict(model, fb, ctx.ds, val))
 
     base = ndcg(full)
+    n_val = int(np.isfinite(base).sum())
+    if n_val == 0 or not np.nanmean(base) > 0:     # no validation request with a positive: nothing to resample
+        return {"importance_ci95": {}, "within_noise": [], "validation_requests": n_val}
     base_mean = float(np.nanmean(base))
     ci, noisy = {}, []
     for m, model in without.items():
@@ -170,7 +173,7 @@ def loo_uncertainty(ctx: _FitContext, without: dict[str, Student], full: Student
         ci[m] = [b["ci95"][0] / base_mean, b["ci95"][1] / base_mean]
         if ci[m][0] < budget <= ci[m][1]:
             noisy.append(m)
-    return {"importance_ci95": ci, "within_noise": noisy, "validation_requests": int(np.isfinite(base).sum())}
+    return {"importance_ci95": ci, "within_noise": noisy, "validation_requests": n_val}
 
 
 # ---- structural pruning --------------------------------------------------------------------------

@@ -221,7 +221,7 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
         lines += ["## Modalities", "", "| modality | relative NDCG@10 lost without it | 95 % interval | decision |",
                   "|---|---|---|---|"]
         for m, v in mods["importance"].items():
-            band = f"[{ci[m][0]:+.4f}, {ci[m][1]:+.4f}]" if m in ci else "n/a"
+            band = f"[{_fmt(ci[m][0])}, {_fmt(ci[m][1])}]" if m in ci else "n/a"
             noisy = " (within noise)" if m in mods.get("within_noise", []) else ""
             lines.append(f"| {m} | {v:+.4f} | {band} | {'kept' if m in mods['kept'] else 'pruned'}{noisy} |")
         lines += ["", f"Budget {mods['budget']}; measured on {mods['measured_on']}. Planted noise modality: "
