@@ -148,25 +148,26 @@ def modality_importance(model: RankerBase, fb: FeatureBuilder, ds: Dataset, idx:
             "cold_requests": base.get("cold.n_requests", 0)}
 
 
-def loo_uncertainty(ctx: _FitContext, without: dict[str, Student], full: Student, val: np.ndarray,
+def loo_uncertainty(ds: Dataset, hist_len: int, without: dict[str, Student], full: Student, val: np.ndarray,
                     budget: float, n_boot: int = 2000) -> dict[str, Any]:
     """How far each leave-one-out worth can be trusted: a 95 % paired-bootstrap interval of the relative
     validation NDCG@10 lost without each modality (the validation requests resampled, the two
-    students' NDCG on one request kept together).
+    students' NDCG on one request kept together). ``without`` {modality: the student trained without it},
+    ``full`` the student with all of them, ``val`` [R] request indices.
 
     Returns ``importance_ci95`` {m: [lo, hi]} (relative), ``within_noise`` (the modalities whose
     interval holds the budget: another draw of validation requests could flip their decision) and
     ``validation_requests``. The interval covers the sampling of requests, not the retraining noise
     of the students, so it is a lower bound on the uncertainty."""
     def ndcg(model: Student) -> np.ndarray:
-        fb = FeatureBuilder.from_dataset(ctx.ds, ctx.hist_len, modalities=list(model.modalities))
-        return per_request_ndcg(ctx.ds, val, predict(model, fb, ctx.ds, val))
+        fb = FeatureBuilder.from_dataset(ds, hist_len, modalities=list(model.modalities))
+        return per_request_ndcg(ds, val, predict(model, fb, ds, val))
 
     base = ndcg(full)
     n_val = int(np.isfinite(base).sum())
-    if n_val == 0 or not np.nanmean(base) > 0:     # no validation request with a positive: nothing to resample
+    base_mean = float(np.nanmean(base)) if n_val else 0.0
+    if base_mean <= 0:                             # no validation request with a positive: nothing to resample
         return {"importance_ci95": {}, "within_noise": [], "validation_requests": n_val}
-    base_mean = float(np.nanmean(base))
     ci, noisy = {}, []
     for m, model in without.items():
         b = paired_bootstrap(base, ndcg(model), n_boot=n_boot)
@@ -361,7 +362,7 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
     if loo_names:
         for m, name in loo_names.items():
             importance[m] = (base_val - models[name]["train"]["best_val_ndcg@10"]) / base_val
-        uncertainty = loo_uncertainty(ctx, {m: student_of(name) for m, name in loo_names.items()},
+        uncertainty = loo_uncertainty(ds, hist_len, {m: student_of(name) for m, name in loo_names.items()},
                                       student_of("student_kd"), val, cfg.modality_budget)
         kept = [m for m in all_mods if importance[m] >= cfg.modality_budget]
         if not kept:  # never prune everything: keep the most useful one

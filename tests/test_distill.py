@@ -108,7 +108,6 @@ def test_loo_uncertainty_intervals_flag_decisions_within_noise(tiny_world):
     "the interval holds the budget"; a student compared with itself has a zero-width interval; no
     validation request with a positive gives no interval rather than NaN."""
     import dataclasses
-    from types import SimpleNamespace
 
     from edge_rec.distill.distill_stage import loo_uncertainty
     from edge_rec.distill.evaluate import per_request_ndcg
@@ -120,22 +119,22 @@ def test_loo_uncertainty_intervals_flag_decisions_within_noise(tiny_world):
     torch.manual_seed(1)
     without = Student(StudentConfig(modalities=fb_wo.modalities, hist_dim=fb_wo.hist_dim, d_model=16, num_heads=2,
                                     ffn_dim=32, head_hidden=24)).eval()
-    ctx, val = SimpleNamespace(ds=tiny_world, hist_len=8), tiny_world.split_index("val")
+    val = tiny_world.split_index("val")
     a = per_request_ndcg(tiny_world, val, predict(full, fb, tiny_world, val))
     b = per_request_ndcg(tiny_world, val, predict(without, fb_wo, tiny_world, val))
     point = np.nanmean(a - b) / np.nanmean(a)
-    u = loo_uncertainty(ctx, {"motion": without, "same": full}, full, val, budget=0.005)
+    u = loo_uncertainty(tiny_world, 8, {"motion": without, "same": full}, full, val, budget=0.005)
     lo, hi = u["importance_ci95"]["motion"]
     assert lo < point < hi and hi - lo > 0.01
     assert u["importance_ci95"]["same"] == [0.0, 0.0] and "same" not in u["within_noise"]
     assert u["validation_requests"] == int(np.isfinite(a).sum()) > 100
-    mid = loo_uncertainty(ctx, {"motion": without}, full, val, budget=(lo + hi) / 2)
+    mid = loo_uncertainty(tiny_world, 8, {"motion": without}, full, val, budget=(lo + hi) / 2)
     assert mid["within_noise"] == ["motion"]
-    above = loo_uncertainty(ctx, {"motion": without}, full, val, budget=hi + 0.01)
+    above = loo_uncertainty(tiny_world, 8, {"motion": without}, full, val, budget=hi + 0.01)
     assert above["within_noise"] == []
     silent = dataclasses.replace(tiny_world, requests={**tiny_world.requests,
                                                         "click": np.zeros_like(tiny_world.requests["click"])})
-    none = loo_uncertainty(SimpleNamespace(ds=silent, hist_len=8), {"motion": without}, full, val, budget=0.005)
+    none = loo_uncertainty(silent, 8, {"motion": without}, full, val, budget=0.005)
     assert none == {"importance_ci95": {}, "within_noise": [], "validation_requests": 0}
 
 
