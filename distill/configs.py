@@ -104,6 +104,7 @@ class DistillConfig:
     feature_weight: float = 0.5
     modality_budget: float = 0.005          # drop a modality whose masking costs < 0.5 % relative NDCG@10
     prune_modalities: bool = True
+    loo_repeats: int = 1                    # students per leave-one-out arm (seeds seed..seed+k-1), averaged
     target_params_ratio: float = 0.05       # structural pruning target: student params <= ratio x teacher params
     max_prune_ratio: float = 0.8            # never remove more than this share of FFN / head-MLP width
     finetune_epochs: int = 3
@@ -113,6 +114,8 @@ class DistillConfig:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}.")
         if not 0 <= self.modality_budget < 1:
             raise ConfigError(f"modality_budget must be in [0, 1), got {self.modality_budget}.")
+        if self.loo_repeats < 1:
+            raise ConfigError(f"loo_repeats must be >= 1 (students per leave-one-out arm), got {self.loo_repeats}.")
         if not 0 < self.target_params_ratio <= 1:
             raise ConfigError(f"target_params_ratio must be in (0, 1], got {self.target_params_ratio}.")
 

@@ -8,9 +8,10 @@ Steps (every model is evaluated on the same test requests as the teacher):
 3. ``student_kd``: the same student trained on labels + pointwise soft labels (temperature T) +
    listwise KL between the teacher's and the student's list softmaxes + feature distillation
    (student fused vector -> teacher's, through a training-only projection);
-4. **modality pruning**: each modality is masked on the validation requests (candidates and
-   history) in the teacher; a modality whose masking costs less than ``modality_budget`` relative
-   NDCG@10 is dropped, and a student whose inputs no longer include it is re-distilled;
+4. **modality pruning**: each modality's worth is the relative validation NDCG@10 lost by a student
+   re-distilled without it (leave-one-out, ``loo_repeats`` students per arm with seeds seed, seed+1,
+   ..., averaged; masking it in the teacher is reported alongside); a modality worth less than
+   ``modality_budget`` is dropped, and a student whose inputs no longer include it is re-distilled;
 5. **structural pruning** of that student with torch-pruning (FFN width, attention heads,
    head-MLP width; ``d_model`` fixed) toward ``target_params_ratio`` x the teacher's parameters,
    then a distillation fine-tune (pruning alone scrambles the ranking): ``student``.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -148,20 +149,27 @@ def modality_importance(model: RankerBase, fb: FeatureBuilder, ds: Dataset, idx:
             "cold_requests": base.get("cold.n_requests", 0)}
 
 
-def loo_uncertainty(ds: Dataset, hist_len: int, without: dict[str, Student], full: Student, val: np.ndarray,
-                    budget: float, n_boot: int = 2000) -> dict[str, Any]:
+def loo_uncertainty(ds: Dataset, hist_len: int, without: Mapping[str, Student | Sequence[Student]],
+                    full: Student | Sequence[Student], val: np.ndarray, budget: float,
+                    n_boot: int = 2000) -> dict[str, Any]:
     """How far each leave-one-out worth can be trusted: a 95 % paired-bootstrap interval of the relative
-    validation NDCG@10 lost without each modality (the validation requests resampled, the two
-    students' NDCG on one request kept together). ``without`` {modality: the student trained without it},
-    ``full`` the student with all of them, ``val`` [R] request indices.
+    validation NDCG@10 lost without each modality (the validation requests resampled, the two arms'
+    NDCG on one request kept together). ``without`` {modality: the student(s) trained without it},
+    ``full`` the student(s) with all of them, ``val`` [R] request indices. An arm of several students
+    (re-trained with other seeds, ``DistillConfig.loo_repeats``) counts with their mean NDCG per request.
 
     Returns ``importance_ci95`` {m: [lo, hi]} (relative), ``within_noise`` (the modalities whose
     interval holds the budget: another draw of validation requests could flip their decision) and
     ``validation_requests``. The interval covers the sampling of requests, not the retraining noise
-    of the students, so it is a lower bound on the uncertainty."""
-    def ndcg(model: Student) -> np.ndarray:
-        fb = FeatureBuilder.from_dataset(ds, hist_len, modalities=list(model.modalities))
-        return per_request_ndcg(ds, val, predict(model, fb, ds, val))
+    of the students (see ``retraining_sd`` in the stage's report), so it is a lower bound on the
+    uncertainty."""
+    def ndcg(arm: Student | Sequence[Student]) -> np.ndarray:
+        models = [arm] if isinstance(arm, Student) else list(arm)
+        per = []
+        for model in models:
+            fb = FeatureBuilder.from_dataset(ds, hist_len, modalities=list(model.modalities))
+            per.append(per_request_ndcg(ds, val, predict(model, fb, ds, val)))
+        return np.mean(per, axis=0)                # NaN where the request has no positive (in every model)
 
     base = ndcg(full)
     n_val = int(np.isfinite(base).sum())
@@ -169,12 +177,29 @@ def loo_uncertainty(ds: Dataset, hist_len: int, without: dict[str, Student], ful
     if base_mean <= 0:                             # no validation request with a positive: nothing to resample
         return {"importance_ci95": {}, "within_noise": [], "validation_requests": n_val}
     ci, noisy = {}, []
-    for m, model in without.items():
-        b = paired_bootstrap(base, ndcg(model), n_boot=n_boot)
+    for m, arm in without.items():
+        b = paired_bootstrap(base, ndcg(arm), n_boot=n_boot)
         ci[m] = [b["ci95"][0] / base_mean, b["ci95"][1] / base_mean]
         if ci[m][0] < budget <= ci[m][1]:
             noisy.append(m)
     return {"importance_ci95": ci, "within_noise": noisy, "validation_requests": n_val}
+
+
+def loo_worth(full_val: Sequence[float], without_val: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """Leave-one-out worth of each modality from the students' best validation NDCG@10.
+
+    ``full_val`` [K] the students with every modality (one per seed), ``without_val`` {m: [K]} the
+    students without ``m`` trained with the same seeds. Returns ``importance`` {m: relative NDCG@10
+    lost, arm means}, and with K >= 2 ``importance_by_repeat`` {m: [K] the same per seed} and
+    ``retraining_sd`` {m: their standard deviation}: how much one re-training moves a worth."""
+    full = np.asarray(full_val, np.float64)
+    out: dict[str, Any] = {"importance": {m: float((full.mean() - np.mean(w)) / full.mean())
+                                          for m, w in without_val.items()}}
+    if len(full) >= 2:
+        by = {m: ((full - np.asarray(w, np.float64)) / full).tolist() for m, w in without_val.items()}
+        out["importance_by_repeat"] = by
+        out["retraining_sd"] = {m: float(np.std(v, ddof=1)) for m, v in by.items()}
+    return out
 
 
 # ---- structural pruning --------------------------------------------------------------------------
@@ -248,14 +273,18 @@ class _FitContext:
 
 
 def _fit_student(ctx: _FitContext, name: str, mods: dict[str, int], kd: bool, model: Student | None,
-                 epochs: int | None, progress: bool, in_process: bool) -> tuple[dict[str, Any], Student | None]:
+                 epochs: int | None, progress: bool, in_process: bool,
+                 seed: int | None = None) -> tuple[dict[str, Any], Student | None]:
     """Train and score one student; returns (report row, the student when ``in_process``; a worker's
-    weights come back through ``OUT/runs/<name>/best``)."""
-    torch.manual_seed(ctx.tcfg.seed)
+    weights come back through ``OUT/runs/<name>/best``). ``seed``: initialisation and batch order
+    (default: the train config's)."""
+    c = ctx.tcfg if epochs is None else dataclasses.replace(ctx.tcfg, epochs=epochs)
+    if seed is not None:
+        c = dataclasses.replace(c, seed=seed)
+    torch.manual_seed(c.seed)
     student = ctx.new_student(mods, kd) if model is None else ctx.with_kd_proj(model, kd)
     fb = FeatureBuilder.from_dataset(ctx.ds, ctx.hist_len, modalities=list(mods))
     extra = kd_loss(student, ctx.cache, ctx.cfg) if kd else None
-    c = ctx.tcfg if epochs is None else dataclasses.replace(ctx.tcfg, epochs=epochs)
     fit_info = train(student, ctx.ds, ctx.out / "runs" / name, c, fb=fb, progress=progress, extra_loss=extra,
                      label_weight=ctx.cfg.label_weight if kd else 1.0, train_idx=ctx.subset)
     if hasattr(student, "kd_proj"):
@@ -335,14 +364,26 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
     # the students that need nothing but the teacher cache, trained side by side on a CPU
     # (see edge_rec.distill.parallel): the no-KD control, the KD student and, for modality pruning,
     # one student without each modality
-    loo_names = {m: f"student_without_{m}" for m in all_mods} if cfg.prune_modalities and len(all_mods) > 1 else {}
-    todo = [("student_label_only", all_mods, False), ("student_kd", all_mods, True)]
-    todo += [(name, {k: v for k, v in all_mods.items() if k != m}, True) for m, name in loo_names.items()]
+    loo = cfg.prune_modalities and len(all_mods) > 1
+    reps = range(cfg.loo_repeats if loo else 1)
+
+    def rep_name(base: str, r: int) -> str:
+        return base if r == 0 else f"{base}_r{r}"
+
+    # each leave-one-out arm: loo_repeats students (seeds seed, seed+1, ...); repeat 0 of the full arm
+    # is student_kd, and repeat 0 of "without m" is re-used when only m is pruned
+    full_names = [rep_name("student_kd", r) for r in reps]
+    loo_names = {m: [rep_name(f"student_without_{m}", r) for r in reps] for m in all_mods} if loo else {}
+    seed0 = tcfg.seed
+    todo = [("student_label_only", all_mods, False, seed0)]
+    todo += [(name, all_mods, True, seed0 + r) for r, name in enumerate(full_names)]
+    todo += [(name, {k: v for k, v in all_mods.items() if k != m}, True, seed0 + r)
+             for m, names in loo_names.items() for r, name in enumerate(names)]
     workers = auto_workers(len(todo), tcfg.device, jobs)
-    results = run_jobs(_fit_student, [(ctx, name, mods, kd, None, None, progress and workers == 1, workers == 1)
-                                      for name, mods, kd in todo], workers, desc="distill", progress=progress)
+    results = run_jobs(_fit_student, [(ctx, name, mods, kd, None, None, progress and workers == 1, workers == 1, seed)
+                                      for name, mods, kd, seed in todo], workers, desc="distill", progress=progress)
     trained: dict[str, Student | None] = {}
-    for (name, mods, kd), (row, student) in zip(todo, results):
+    for (name, mods, kd, _), (row, student) in zip(todo, results):
         models[name], trained[name] = row, student
 
     def student_of(name: str) -> Student:
@@ -352,18 +393,22 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
             trained[name] = _load_trained(ctx, name, mods)
         return trained[name]
 
+    def best_val(name: str) -> float:
+        return models[name]["train"]["best_val_ndcg@10"]
+
     # Modality worth: leave one modality out, re-distil, and measure the validation NDCG@10 lost.
     # (Masking a modality in a trained model under-states it, because every embedding also
     # fingerprints the item, and a model can recover a masked item from the others.)
     masking = modality_importance(teacher, tfb, ds, val)
-    base_val = models["student_kd"]["train"]["best_val_ndcg@10"]
     importance: dict[str, float] = {}
     uncertainty: dict[str, Any] = {}
     if loo_names:
-        for m, name in loo_names.items():
-            importance[m] = (base_val - models[name]["train"]["best_val_ndcg@10"]) / base_val
-        uncertainty = loo_uncertainty(ds, hist_len, {m: student_of(name) for m, name in loo_names.items()},
-                                      student_of("student_kd"), val, cfg.modality_budget)
+        worth = loo_worth([best_val(n) for n in full_names], {m: [best_val(n) for n in names]
+                                                               for m, names in loo_names.items()})
+        importance = worth.pop("importance")
+        uncertainty = loo_uncertainty(ds, hist_len, {m: [student_of(n) for n in names] for m, names in loo_names.items()},
+                                      [student_of(n) for n in full_names], val, cfg.modality_budget)
+        uncertainty.update(worth, loo_repeats=len(reps))
         kept = [m for m in all_mods if importance[m] >= cfg.modality_budget]
         if not kept:  # never prune everything: keep the most useful one
             kept = [max(importance, key=importance.get)]
@@ -375,12 +420,13 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
         unpruned = student_of("student_kd")
         models["student_modality_pruned"] = dict(models["student_kd"])
     elif len(pruned) == 1:   # that student was trained already: re-use it
-        unpruned = student_of(loo_names[pruned[0]])
-        models["student_modality_pruned"] = dict(models[loo_names[pruned[0]]])
+        unpruned = student_of(loo_names[pruned[0]][0])
+        models["student_modality_pruned"] = dict(models[loo_names[pruned[0]][0]])
     else:
         unpruned = fit("student_modality_pruned", kept_mods, kd=True)
-    for m in all_mods:
-        models.pop(f"student_without_{m}", None)
+    for names in [full_names[1:], *loo_names.values()]:   # the arms' students are in the worth, not the table
+        for name in names:
+            models.pop(name, None)
 
     target = int(cfg.target_params_ratio * t_params)
     small, sinfo = structural_prune(unpruned, target, cfg, n, hist_len)
@@ -396,7 +442,8 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
         "models": models,
         "modalities": {"importance": importance, "kept": kept, "pruned": pruned, "planted_noise": planted,
                        "budget": cfg.modality_budget,
-                       "measured_on": "leave-one-out re-distilled students, validation NDCG@10",
+                       "measured_on": (f"leave-one-out re-distilled students ({len(reps)} per arm, averaged), validation NDCG@10"
+                                       if len(reps) > 1 else "leave-one-out re-distilled students, validation NDCG@10"),
                        **uncertainty,
                        "teacher_masking": masking},
         "teacher": {"params": t_params, "macs_per_candidate": t_macs, "dir": str(teacher_dir)},

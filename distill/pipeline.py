@@ -38,15 +38,19 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
 
 def run_pipeline(
     *, preset: str = "default", seed: int = 0, out: str | Path, data: str | Path | None = None,
-    overwrite: bool = False, progress: bool = True, jobs: int | None = None,
+    overwrite: bool = False, progress: bool = True, jobs: int | None = None, loo_repeats: int = 1,
 ) -> dict[str, Any]:
     """Run every available stage; write ``report.json``, ``report.md`` and plots under ``out``.
 
     ``jobs``: worker processes for the models that train independently (see
-    :mod:`edge_rec.distill.parallel`; default one per core on a CPU).
+    :mod:`edge_rec.distill.parallel`; default one per core on a CPU). ``loo_repeats``: students per
+    leave-one-out arm of modality pruning (``DistillConfig.loo_repeats``; raise it on small data).
     With ``data`` an existing dataset folder is used instead of generating the synthetic world.
     Returns the report dictionary.
     """
+    from edge_rec.distill.configs import DistillConfig
+
+    dcfg = DistillConfig(loo_repeats=loo_repeats)      # a bad value fails here, before any stage runs
     run = Path(out)
     if run.exists() and any(run.iterdir()) and not overwrite:
         raise DataError(f"{run} exists and is not empty; pass --overwrite to replace its contents or choose another --out.")
@@ -85,7 +89,8 @@ def run_pipeline(
     from edge_rec.distill.distill_stage import distill
 
     t0 = time.perf_counter()
-    dstage = distill(ds, run / "teacher", run / "student", preset=preset, progress=progress, jobs=jobs)
+    dstage = distill(ds, run / "teacher", run / "student", preset=preset, progress=progress, jobs=jobs,
+                     config=dcfg)
     for name in ("student_label_only", "student_kd", "student", "student_modality_pruned"):
         models[name] = dstage["models"][name]
     timings["distill"] = time.perf_counter() - t0
@@ -144,7 +149,8 @@ def run_pipeline(
         "modalities": {"importance": mods["importance"], "kept": mods["kept"], "pruned": mods["pruned"],
                        "planted_noise": planted.get("noise_modality"), "budget": mods["budget"],
                        "measured_on": mods["measured_on"],
-                       **{k: mods[k] for k in ("importance_ci95", "within_noise", "validation_requests") if k in mods}},
+                       **{k: mods[k] for k in ("importance_ci95", "within_noise", "validation_requests", "loo_repeats",
+                                                "importance_by_repeat", "retraining_sd") if k in mods}},
         "student": dstage["student"],
         "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
                     for f, rows in ereport["exports"].items()},
@@ -218,12 +224,15 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
     mods = report.get("modalities", {})
     if "importance" in mods:
         ci = mods.get("importance_ci95", {})
-        lines += ["## Modalities", "", "| modality | relative NDCG@10 lost without it | 95 % interval | decision |",
-                  "|---|---|---|---|"]
+        sd = mods.get("retraining_sd")             # only with loo_repeats >= 2
+        head = "| modality | relative NDCG@10 lost without it | 95 % interval |"
+        lines += ["## Modalities", "", head + (" sd across re-trainings |" if sd else "") + " decision |",
+                  "|---|---|---|" + ("---|" if sd else "") + "---|"]
         for m, v in mods["importance"].items():
             band = f"[{_fmt(ci[m][0])}, {_fmt(ci[m][1])}]" if m in ci else "n/a"
             noisy = " (within noise)" if m in mods.get("within_noise", []) else ""
-            lines.append(f"| {m} | {v:+.4f} | {band} | {'kept' if m in mods['kept'] else 'pruned'}{noisy} |")
+            spread = f" {_fmt(sd.get(m))} |" if sd else ""
+            lines.append(f"| {m} | {v:+.4f} | {band} |{spread} {'kept' if m in mods['kept'] else 'pruned'}{noisy} |")
         lines += ["", f"Budget {mods['budget']}; measured on {mods['measured_on']}. Planted noise modality: "
                       f"`{mods['planted_noise']}`. The interval is a paired bootstrap over the "
                       f"{mods.get('validation_requests', 'n/a')} validation requests (it leaves out the students' "

@@ -167,6 +167,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     print("modality importance (relative val NDCG@10 lost without it, 95 % interval over the validation requests): "
           + ", ".join(f"{m} {v:+.4f}" + (f" [{ci[m][0]:+.4f}, {ci[m][1]:+.4f}]" if m in ci else "")
                       for m, v in mods["importance"].items()))
+    if mods.get("retraining_sd"):
+        print(f"spread of each worth across {mods['loo_repeats']} re-trainings (sd): "
+              + ", ".join(f"{m} {v:.4f}" for m, v in mods["retraining_sd"].items()))
     if mods.get("within_noise"):
         print(f"within the measurement noise (the interval holds the budget {mods['budget']}): {mods['within_noise']}")
     print(f"kept {mods['kept']}  pruned {mods['pruned']}  (planted noise: {mods['planted_noise']})")
@@ -182,7 +185,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from edge_rec.distill.pipeline import run_pipeline
 
     report = run_pipeline(preset=args.preset, seed=args.seed, out=args.out, data=args.data,
-                          overwrite=args.overwrite, jobs=args.jobs)
+                          overwrite=args.overwrite, jobs=args.jobs, loo_repeats=args.loo_repeats)
     ran = [k for k, v in report["stages"].items() if v.startswith("ran")]
     print(f"stages run: {', '.join(ran)}")
     for k, v in report["stages"].items():
@@ -531,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--data", help="use this dataset folder instead of generating the synthetic world")
     pl.add_argument("--overwrite", action="store_true")
     pl.add_argument("--jobs", type=_jobs, help=JOBS_HELP)
+    pl.add_argument("--loo-repeats", type=int, default=1, metavar="K",
+                    help="students per leave-one-out arm of modality pruning, averaged (default 1; 3 on small "
+                         "data, where one re-training moves a modality's worth by more than the budget)")
     pl.set_defaults(func=cmd_pipeline)
     return p
 

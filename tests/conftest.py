@@ -23,11 +23,12 @@ def tiny_world_dir(tiny_world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """`edge-rec pipeline --preset tiny` once per session: world, baselines, teacher, student, bundle."""
+    """`edge-rec pipeline --preset tiny --loo-repeats 2` once per session: world, baselines, teacher,
+    student (two students per leave-one-out arm), bundle."""
     from edge_rec.cli import main
 
     run = tmp_path_factory.mktemp("pipeline") / "run"
-    assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 0
+    assert main(["pipeline", "--preset", "tiny", "--out", str(run), "--loo-repeats", "2"]) == 0
     return run
 
 

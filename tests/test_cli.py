@@ -52,6 +52,8 @@ def test_input_errors_exit_2_without_traceback(tmp_path, capsys):
         assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "p"), "--jobs", bad]) == 2
         assert "--jobs must be a whole number" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "p"), "--loo-repeats", "0"]) == 2
+    assert "loo_repeats must be >= 1" in capsys.readouterr().err and not (tmp_path / "p").exists()
 
 
 def test_pipeline_tiny_writes_the_report(tiny_run):
@@ -85,6 +87,8 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     assert set(mods["importance_ci95"]) == set(mods["importance"]) and mods["validation_requests"] > 100
     md = (run / "report.md").read_text()
     assert "| id_only |" in md and "| motion | " in md and "95 % interval" in md
+    assert mods["loo_repeats"] == 2 and set(mods["retraining_sd"]) == set(mods["importance"])
+    assert "sd across re-trainings" in md
     assert (run / "models.png").stat().st_size > 1000
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2     # never overwrites silently
 
