@@ -9,6 +9,8 @@ side by side in one process, interleaved call by call so that the machine's nois
 * ``rerank()`` at a swipe: a feed prepared once (``Reranker.prepare``), then history inputs, engine,
   post-ranking policy (MMR + creator cap + penalties + freshness) and the ranking — with the policy on
   (the default) and off (the model's order);
+* ``rerank()`` at a swipe with the policy's window (the top positions MMR and the creator cap shape)
+  set to each of ``--windows``: what a smaller window saves;
 * ``rerank()`` on a new page: the same plus checking the raw feed and building its inputs;
 * the bare engine call on prepared inputs (``Reranker.score``);
 * the teacher (PyTorch fp32, 1 thread) on a request of the same size (its cost does not depend on the values);
@@ -55,7 +57,16 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--windows", default="5,10",
+                    help="also time rerank() with the policy's MMR / creator-cap window set to these sizes "
+                         "(comma-separated; the default policy shapes the top 20): what a smaller window saves")
     args = ap.parse_args()
+    try:
+        windows = sorted({int(w) for w in args.windows.split(",") if w.strip()})
+    except ValueError:
+        windows = [0]
+    if any(w < 1 for w in windows):
+        ap.error(f"--windows must be positive whole numbers, comma-separated; got {args.windows!r}")
     run = Path(args.run)
 
     from edge_rec.policy import PostRankPolicy
@@ -100,8 +111,18 @@ def main() -> None:
         with torch.inference_mode():
             teacher(**tx)
 
+    def with_policy(policy: PostRankPolicy):
+        def call():
+            rr.policy = policy
+            try:
+                rr.rerank(prepared, context=ctx)
+            finally:
+                rr.policy = on
+        return call
+
     rows = {"rerank_swipe": lambda: rr.rerank(prepared, context=ctx),
             "rerank_swipe_policy_off": policy_off,
+            **{f"rerank_swipe_window_{w}": with_policy(dataclasses.replace(on, window=w)) for w in windows},
             "rerank_new_page": lambda: rr.rerank(cands, context=ctx),
             "engine_call": lambda: rr.score(x)}
     # interleaved call by call: the machine's noise (a shared VM here) lands on every row alike
@@ -135,6 +156,9 @@ def main() -> None:
         "model": "student int8 (.onnx)", **stats,
         "wrapper_overhead": (r["p50_ms"] - e["p50_ms"]) / e["p50_ms"],
         "wrapper_overhead_policy_off": (stats["rerank_swipe_policy_off"]["p50_ms"] - e["p50_ms"]) / e["p50_ms"],
+        "default_policy_window": on.window,
+        "wrapper_overhead_by_window": {w: (stats[f"rerank_swipe_window_{w}"]["p50_ms"] - e["p50_ms"]) / e["p50_ms"]
+                                       for w in windows},
         "teacher_over_rerank_p50": t["p50_ms"] / r["p50_ms"],
         "teacher_over_engine_p50": t["p50_ms"] / e["p50_ms"],
         "large_preset_teacher_over_rerank_p50": stats["teacher_large_preset_pytorch_fp32"]["p50_ms"] / r["p50_ms"],
@@ -149,6 +173,7 @@ def main() -> None:
     (run / "rerank_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.candidates} candidates, {args.threads} thread(s), {rr.engine.name} {rr.format}/{rr.precision}")
     labels = {"rerank_swipe": "rerank() at a swipe", "rerank_swipe_policy_off": "  same, policy off",
+              **{f"rerank_swipe_window_{w}": f"  same, window {w}" for w in windows},
               "rerank_new_page": "rerank() new page", "engine_call": "engine call", "teacher_pytorch_fp32": "teacher (torch fp32)",
               "teacher_large_preset_pytorch_fp32": "large-preset teacher"}
     for name, label in labels.items():
@@ -156,6 +181,9 @@ def main() -> None:
         print(f"  {label:<22} p50 {s['p50_ms']:8.3f} ms   p99 {s['p99_ms']:8.3f} ms   (n={s['n']})")
     print(f"  wrapper overhead {report['wrapper_overhead']:.1%} of the engine p50 (policy off: "
           f"{report['wrapper_overhead_policy_off']:.1%}); teacher / rerank p50 {report['teacher_over_rerank_p50']:.1f}x")
+    if windows:
+        print(f"  wrapper overhead by policy window (default {on.window}): "
+              + ", ".join(f"{w}: {v:.1%}" for w, v in report["wrapper_overhead_by_window"].items()))
     print(f"  (for scale: the large preset's teacher architecture, {report['large_preset_teacher_params']:,} params, "
           f"is {report['large_preset_teacher_over_rerank_p50']:.0f}x rerank p50; not the teacher of this run)")
     print(f"  targets met: {report['met']}")

@@ -95,3 +95,26 @@ def test_packaged_runner_in_a_bare_venv_and_merge(tiny_run, tmp_path, capsys):
     assert [d["device"] for d in m["devices"]] == ["phone-a", "phone-b"] and len(m["rows"]) == 16
     assert "| phone-b | ort | int8 |" in (tmp_path / "merged" / "merged.md").read_text()
     assert merge(outs)["rows"] == m["rows"]
+
+
+def test_rerank_latency_benchmark_reports_every_row_and_its_ratios(tiny_run):
+    """benchmarks/rerank_latency.py (issue #6's latency report) on the tiny run: every row timed, and the
+    ratios and the "met" flags follow from the medians it wrote (behaviour, not wall-clock)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rerank_latency.py"
+    proc = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--candidates", "40",
+                           "--repeats", "30", "--windows", "5,10"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads((tiny_run / "rerank_latency.json").read_text())
+    rows = ("rerank_swipe", "rerank_swipe_policy_off", "rerank_swipe_window_5", "rerank_swipe_window_10",
+            "rerank_new_page", "engine_call", "teacher_pytorch_fp32", "teacher_large_preset_pytorch_fp32")
+    for row in rows:
+        assert 0 < r[row]["p50_ms"] <= r[row]["p99_ms"], row
+    e = r["engine_call"]["p50_ms"]
+    assert r["wrapper_overhead"] == pytest.approx((r["rerank_swipe"]["p50_ms"] - e) / e)
+    assert r["wrapper_overhead_by_window"]["5"] == pytest.approx((r["rerank_swipe_window_5"]["p50_ms"] - e) / e)
+    assert r["default_policy_window"] == 20 and r["candidates"] == 40
+    assert r["met"]["teacher_slower_20x"] == (r["teacher_pytorch_fp32"]["p50_ms"] / r["rerank_swipe"]["p50_ms"] >= 20)
+    assert "wrapper overhead by policy window (default 20): 5: " in proc.stdout
+    bad = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--windows", "0"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--windows must be positive" in bad.stderr
