@@ -100,18 +100,8 @@ def main() -> None:
 
     on, off = rr.policy, PostRankPolicy(enabled=False)
 
-    def policy_off():                             # the same session, so only the policy differs
-        rr.policy = off
-        try:
-            rr.rerank(prepared, context=ctx)
-        finally:
-            rr.policy = on
-
-    def teacher_call():
-        with torch.inference_mode():
-            teacher(**tx)
-
     def with_policy(policy: PostRankPolicy):
+        """rerank() at a swipe with another policy, on the same session, so only the policy differs."""
         def call():
             rr.policy = policy
             try:
@@ -120,8 +110,12 @@ def main() -> None:
                 rr.policy = on
         return call
 
+    def teacher_call():
+        with torch.inference_mode():
+            teacher(**tx)
+
     rows = {"rerank_swipe": lambda: rr.rerank(prepared, context=ctx),
-            "rerank_swipe_policy_off": policy_off,
+            "rerank_swipe_policy_off": with_policy(off),
             **{f"rerank_swipe_window_{w}": with_policy(dataclasses.replace(on, window=w)) for w in windows},
             "rerank_new_page": lambda: rr.rerank(cands, context=ctx),
             "engine_call": lambda: rr.score(x)}
