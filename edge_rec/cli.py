@@ -251,7 +251,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_rerank(args: argparse.Namespace) -> int:
     from edge_rec.errors import DataError
     from edge_rec.policy import PostRankPolicy
-    from edge_rec.runtime import Reranker, _event
+    from edge_rec.runtime import Reranker, request_time
     from edge_rec.state import UserState
 
     try:
@@ -264,15 +264,20 @@ def cmd_rerank(args: argparse.Namespace) -> int:
         raise DataError(f"{args.feed}: a feed is a JSON object with a 'candidates' list (see `edge-rec rerank --help`).")
     rr = Reranker.open(args.bundle, backend=args.backend, threads=args.threads, precision=args.precision,
                        policy=PostRankPolicy(enabled=not args.no_policy))
-    context = {"now": feed.get("now"), "history": feed.get("history", []), "history_total": feed.get("history_total")}
+    # the whole request is checked before the store is touched: a bad candidate must not leave the
+    # feed's history recorded (a corrected rerun would then record it twice)
+    prepared = rr.prepare(feed["candidates"])
+    history = rr.parse_history(feed.get("history") or [])
+    request_time(feed.get("now"))
+    context = {"now": feed.get("now"), "history": history, "history_total": feed.get("history_total")}
     context = {k: v for k, v in context.items() if v is not None}
     state = None
     if args.state:
         state = UserState(args.state)
-        if args.record_history and feed.get("history"):
-            state.record_many(_event(e) for e in feed["history"])
+        if args.record_history and history:
+            state.record_many(history)
     try:
-        ranked = rr.rerank(feed["candidates"], context=context, k=args.k, explain=args.explain, state=state).to_list()
+        ranked = rr.rerank(prepared, context=context, k=args.k, explain=args.explain, state=state).to_list()
     finally:
         if state is not None:
             state.close()

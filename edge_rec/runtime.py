@@ -11,6 +11,7 @@ exported model gave in the parity checks. numpy + one engine; never imports torc
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from edge_rec.bundle import verify_bundle
 from edge_rec.engines import open_manifest_group
 from edge_rec.errors import BundleError, DataError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
-from edge_rec.state import Event, UserState
+from edge_rec.state import Event, UserState, _check_event
 
 # engine preference for backend="auto": the lightest runtime that needs no torch comes first
 AUTO_ORDER = ("ort", "onnx", "tflite", "coreml", "executorch")
@@ -52,20 +53,89 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
-        if "item_id" not in d:
-            raise DataError(f"a candidate has no item_id (keys: {sorted(d)}).")
-        return cls(item_id=int(d["item_id"]), creator_id=None if d.get("creator_id") is None else int(d["creator_id"]),
-                   duration_s=float(d.get("duration_s", 0.0)), upload_ts=float(d.get("upload_ts", 0.0)),
-                   clicks=float(d.get("clicks", 0.0)), embeddings=dict(d.get("embeddings", {})))
+        """A candidate from its JSON object; a field of the wrong type is a :class:`DataError` naming it
+        (``null`` stands for a missing optional field)."""
+        if not isinstance(d, Mapping):
+            raise DataError(f"a candidate must be a JSON object with item_id, creator_id, duration_s, upload_ts, "
+                            f"clicks and embeddings; got {_show(d)}.")
+        if d.get("item_id") is None:
+            raise DataError(f"a candidate has no item_id (missing or null; keys: {sorted(d)}).")
+        item = to_id(d["item_id"], "a candidate's item_id")
+        where = f"candidate {item}"
+        embs = d.get("embeddings")
+        if embs is not None and not isinstance(embs, Mapping):
+            raise DataError(f"{where}: embeddings must be an object {{modality: vector}}, got {_show(embs)}.")
+        creator = d.get("creator_id")
+        return cls(item_id=item, creator_id=None if creator is None else to_id(creator, f"{where}: creator_id"),
+                   duration_s=to_number(d.get("duration_s"), f"{where}: duration_s", 0.0),
+                   upload_ts=to_number(d.get("upload_ts"), f"{where}: upload_ts", 0.0),
+                   clicks=to_number(d.get("clicks"), f"{where}: clicks", 0.0), embeddings=dict(embs or {}))
+
+
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def _show(v: Any, n: int = 60) -> str:
+    r = repr(v)
+    return f"{type(v).__name__} {r if len(r) <= n else r[:n] + '...'}"
+
+
+def to_id(v: Any, what: str) -> int:
+    """An item or creator id: a whole number that fits in 64 bits, or a string of digits (how JSON
+    clients send 64-bit ids they cannot hold in a double). Anything else is a :class:`DataError`:
+    truncating 1.7 to 1 could merge two items."""
+    if isinstance(v, bool):
+        raise DataError(f"{what} must be an integer id, got {_show(v)}.")
+    if isinstance(v, (int, np.integer)):
+        i = int(v)
+    elif isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+        i = int(v)
+    elif isinstance(v, str) and v.strip().lstrip("+-").isdigit():
+        i = int(v)
+    else:
+        raise DataError(f"{what} must be an integer id (or a string of digits), got {_show(v)}.")
+    if not INT64[0] <= i <= INT64[1]:
+        raise DataError(f"{what} must fit in 64-bit signed integers; got {i}.")
+    return i
+
+
+def _checked_id(v: Any, what: str) -> int:
+    """:func:`to_id` with a fast path for a plain int in range (most ids, checked once per page)."""
+    return v if type(v) is int and INT64[0] <= v <= INT64[1] else to_id(v, what)
+
+
+def to_number(v: Any, what: str, default: float | None = None) -> float:
+    """A JSON number as float (``None`` -> ``default`` when there is one); strings and booleans are a
+    :class:`DataError` naming ``what``. Finiteness is checked where the values are used."""
+    if v is None and default is not None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise DataError(f"{what} must be a number, got {_show(v)}.")
+    return float(v)
 
 
 def decode_embedding(v: Any, where: str) -> np.ndarray:
     """fp32/fp16 list, ``{"int8": [...], "scale": s}`` or ``{"fp16_b64": str}`` -> float32 vector."""
     if isinstance(v, Mapping):
         if "int8" in v:
-            a = np.asarray(v["int8"], dtype=np.int8).astype(np.float32) * float(v.get("scale", 1.0))
+            try:
+                q = np.asarray(v["int8"], dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{where}: 'int8' must be a list of whole numbers ({exc}).") from exc
+            if not (np.isfinite(q).all() and (q == np.round(q)).all() and ((q >= -128) & (q <= 127)).all()):
+                raise DataError(f"{where}: 'int8' values must be whole numbers in [-128, 127].")
+            scale = to_number(v.get("scale"), f"{where}: 'scale'", 1.0)
+            if not (math.isfinite(scale) and scale > 0):
+                raise DataError(f"{where}: 'scale' must be a finite number > 0, got {scale}.")
+            a = q.astype(np.float32) * np.float32(scale)
         elif "fp16_b64" in v:
-            a = np.frombuffer(base64.b64decode(v["fp16_b64"]), dtype=np.float16).astype(np.float32)
+            try:
+                raw = base64.b64decode(v["fp16_b64"], validate=True)
+            except (binascii.Error, TypeError, ValueError) as exc:
+                raise DataError(f"{where}: 'fp16_b64' is not valid base64 ({exc}).") from exc
+            if len(raw) % 2:
+                raise DataError(f"{where}: 'fp16_b64' holds {len(raw)} bytes; float16 values take 2 bytes each.")
+            a = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
         else:
             raise DataError(f"{where}: an embedding object needs 'int8' + 'scale' or 'fp16_b64' (got keys {sorted(v)}).")
     else:
@@ -232,14 +302,12 @@ class Reranker:
         unknown modalities, wrong dims, NaN/inf and bad numbers raise :class:`DataError` here."""
         cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
         n = len(cands)
+        # ids of Candidate objects built in code are checked here too (from_dict checked the JSON ones)
+        ids = np.array([_checked_id(c.item_id, "a candidate's item_id") for c in cands], dtype=np.int64)
         creators = np.empty(n, dtype=object)
-        creators[:] = [c.creator_id for c in cands]
-        try:
-            ids = np.array([c.item_id for c in cands], dtype=np.int64)
-            codes = creator_codes(creators)
-        except OverflowError as exc:
-            raise DataError("item_id and creator_id must fit in 64-bit signed integers; "
-                            "one in this feed does not.") from exc
+        creators[:] = [None if c.creator_id is None else _checked_id(c.creator_id, f"candidate {c.item_id}: creator_id")
+                       for c in cands]
+        codes = creator_codes(creators)
         if len(np.unique(ids)) != n:
             u, cnt = np.unique(ids, return_counts=True)
             raise DataError(f"duplicate item ids in the feed: {u[cnt > 1][:10].tolist()}; send each item once.")
@@ -327,6 +395,31 @@ class Reranker:
         h["context"][:] = (math.log1p(total), math.sin(hour), math.cos(hour))
         return h
 
+    def parse_history(self, history: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
+        """Events from a request (objects as in ``sample_feed.json`` or :class:`Event`), checked: an
+        event object's embeddings must be of a modality this bundle knows, at its size (a pruned one is
+        ignored). :class:`Event` objects pass as they are: the store's events may come from an older
+        bundle, and an embedding of another size is then treated as missing."""
+        if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Iterable):
+            raise DataError(f"the history must be a list of events (oldest first), got {_show(history)}.")
+        out = []
+        for h in history:
+            if isinstance(h, Event):
+                out.append(h)
+                continue
+            e = _event(h)
+            for m, v in e.embeddings.items():
+                if m in self.pruned:
+                    continue
+                if m not in self.modalities:
+                    raise DataError(f"history event for item {e.item_id}: unknown modality {m!r}; this bundle knows "
+                                    f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
+                if len(v) != self.modalities[m]:
+                    raise DataError(f"history event for item {e.item_id}: modality {m!r} has {len(v)} dims; "
+                                    f"the bundle expects {self.modalities[m]}.")
+            out.append(e)
+        return out
+
     # ---- scoring --------------------------------------------------------------------------------
     def score(self, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The bare engine call on prepared inputs (what the benchmarks time against ``rerank``)."""
@@ -337,8 +430,10 @@ class Reranker:
                state: UserState | None = None) -> Ranking:
         """Rank ``candidates`` (a list, or a :class:`Feed` from :meth:`prepare` to skip rebuilding the
         candidate inputs at every swipe) for now. ``context``: ``now`` (s, default: the clock),
-        ``history`` (events, oldest first) unless ``state`` supplies them, ``history_total`` (the
-        viewer's event count when ``history`` is cut short; optional). Returns the top ``k`` (default
+        ``history`` (:class:`Event` objects or their JSON objects, oldest first; see
+        :meth:`parse_history`) unless ``state`` supplies them, ``history_total`` (the viewer's event
+        count when ``history`` is cut short; optional). A malformed request is a :class:`DataError`
+        naming the field. Returns the top ``k`` (default
         all) as a :class:`Ranking` of rows ``rank, item_id, creator_id, score, final_score, p_click,
         p_finish, p_like`` and, with ``explain``, ``explanation`` {modality: score lost when it is masked}."""
         feed = candidates if isinstance(candidates, Feed) else self.prepare(candidates)
@@ -346,13 +441,18 @@ class Reranker:
         if n == 0:
             return Ranking({key: [] for key in Ranking._KEYS})
         ctx = context or {}
-        now = float(ctx.get("now", time.time()))
+        now = request_time(ctx.get("now"))
         if state is not None:
             history = state.events(limit=self.hist_len, before=now)
             total = state.count()
         else:
-            history = [e if isinstance(e, Event) else _event(e) for e in ctx.get("history", ())]
+            history = self.parse_history(ctx.get("history") or ())
             total = ctx.get("history_total")
+            if total is not None:
+                n_total = to_number(total, "context 'history_total' (the viewer's event count)")
+                if not (math.isfinite(n_total) and n_total >= 0 and n_total.is_integer()):
+                    raise DataError(f"context 'history_total' must be a whole number >= 0, got {total!r}.")
+                total = int(n_total)
         x = self._at(feed, now)
         h = self.history_inputs(now, history, total)
         x = {key: (x[key] if key.startswith("cand_") else h[key]) for key in self.input_names}
@@ -393,17 +493,45 @@ class Reranker:
         return Ranking(cols)
 
 
+def request_time(now: Any) -> float:
+    """The request's clock in seconds (``None``: now); a non-number or a non-finite time is a :class:`DataError`."""
+    t = time.time() if now is None else to_number(now, "context 'now' (seconds)")
+    if not math.isfinite(t):
+        raise DataError(f"context 'now' must be a finite time in seconds, got {t}.")
+    return t
+
+
+def _flag(v: Any, what: str) -> bool:
+    if v is None or isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
+        return bool(v)
+    raise DataError(f"{what} must be true or false, got {_show(v)}.")
+
+
 def _event(d: Mapping[str, Any]) -> Event:
-    try:
-        embs = {m: decode_embedding(v, f"history item {d.get('item_id')} modality {m!r}")
-                for m, v in dict(d.get("embeddings", {})).items()}
-        return Event(item_id=int(d["item_id"]), ts=float(d["ts"]), watch_ms=float(d.get("watch_ms", 0.0)),
-                     duration_ms=float(d.get("duration_ms", 0.0)), finish=bool(d.get("finish", False)),
-                     skip=bool(d.get("skip", False)), like=bool(d.get("like", False)), share=bool(d.get("share", False)),
-                     creator_id=None if d.get("creator_id") is None else int(d["creator_id"]),
-                     sentiment=d.get("sentiment"), embeddings=embs)
-    except KeyError as exc:
-        raise DataError(f"a history event lacks {exc}; events need item_id and ts.") from exc
+    """A history event from its JSON object (see :class:`~edge_rec.state.Event`), checked as the store
+    checks what it records: a missing or mistyped field, a negative or non-finite time is a :class:`DataError`."""
+    if not isinstance(d, Mapping):
+        raise DataError(f"a history event must be a JSON object with item_id and ts; got {_show(d)}.")
+    missing = [k for k in ("item_id", "ts") if d.get(k) is None]
+    if missing:
+        raise DataError(f"a history event lacks {', '.join(map(repr, missing))}; events need item_id and ts.")
+    item = to_id(d["item_id"], "a history event's item_id")
+    where = f"history event for item {item}"
+    embs = d.get("embeddings")
+    if embs is not None and not isinstance(embs, Mapping):
+        raise DataError(f"{where}: embeddings must be an object {{modality: vector}}, got {_show(embs)}.")
+    creator, sentiment = d.get("creator_id"), d.get("sentiment")
+    e = Event(item_id=item, ts=to_number(d["ts"], f"{where}: ts"),
+              watch_ms=to_number(d.get("watch_ms"), f"{where}: watch_ms", 0.0),
+              duration_ms=to_number(d.get("duration_ms"), f"{where}: duration_ms", 0.0),
+              finish=_flag(d.get("finish"), f"{where}: finish"), skip=_flag(d.get("skip"), f"{where}: skip"),
+              like=_flag(d.get("like"), f"{where}: like"), share=_flag(d.get("share"), f"{where}: share"),
+              creator_id=None if creator is None else to_id(creator, f"{where}: creator_id"),
+              sentiment=None if sentiment is None else to_number(sentiment, f"{where}: sentiment"),
+              embeddings={m: decode_embedding(v, f"{where}, modality {m!r}") for m, v in (embs or {}).items()
+                          if v is not None})
+    _check_event(e)
+    return e
 
 
 def _creator_signals(history: Sequence[Event], now: float, window_s: float = 3600.0) -> dict[int, dict[str, float]]:

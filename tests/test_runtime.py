@@ -162,9 +162,44 @@ def test_bad_input_gets_typed_errors(rr, feed):
         "no item_id": [{"creator_id": 1}],
         "64-bit": [dict(c0, creator_id=2**70)],
     }
+    d = rr.modalities[m]
+    cases.update({                                   # mistyped JSON fields: named, never a crash or a silent cast
+        "item_id must be an integer id": [dict(c0, item_id="abc")],
+        "got float 1.7": [dict(c0, item_id=1.7)],    # truncating to 1 could merge two items
+        "got bool True": [dict(c0, item_id=True)],
+        "creator_id must be an integer": [dict(c0, creator_id="x")],
+        "duration_s must be a number": [dict(c0, duration_s="long")],
+        "embeddings must be an object": [dict(c0, embeddings=[1.0, 2.0])],
+        "must be a JSON object": [5],
+        r"whole numbers in \[-128, 127\]": [dict(c0, embeddings={m: {"int8": [1000] * d, "scale": 0.1}})],
+        "'scale' must be a number": [dict(c0, embeddings={m: {"int8": [1] * d, "scale": "s"}})],
+        "'scale' must be a finite number > 0": [dict(c0, embeddings={m: {"int8": [1] * d, "scale": 0}})],
+        "not valid base64": [dict(c0, embeddings={m: {"fp16_b64": "!!!"}})],
+        "float16 values take 2 bytes": [dict(c0, embeddings={m: {"fp16_b64": "AAAA"}})],
+    })
     for msg, cands in cases.items():
         with pytest.raises(DataError, match=msg):
             rr.rerank(cands, context=ctx)
+    h0 = feed["history"][0]
+    bad_context = {
+        "ts must be a number": {"history": [dict(h0, ts="yesterday")]},
+        "lacks 'ts'": {"history": [{"item_id": 5}]},
+        "like must be true or false": {"history": [dict(h0, like="yes")]},
+        "watch_ms must be finite and >= 0": {"history": [dict(h0, watch_ms=-1)]},
+        "history event for item .*: unknown modality 'smell'": {"history": [dict(h0, embeddings={"smell": [1.0]})]},
+        "history event for item .*: modality .* has 2 dims": {"history": [dict(h0, embeddings={m: [1.0, 2.0]})]},
+        "history must be a list": {"history": {"item_id": 1}},
+        "a history event must be a JSON object": {"history": [5]},
+        "'now' .*must be a number": {"now": "tomorrow"},
+        "'now' must be a finite time": {"now": float("nan")},     # was scored silently (int8 engines hide NaN)
+        "'history_total' must be a whole number": {"history_total": -4},
+    }
+    for msg, change in bad_context.items():
+        with pytest.raises(DataError, match=msg):
+            rr.rerank([c0], context={**ctx, **change})
+    # what a JSON client may legitimately send: a 64-bit id as a string of digits, null for a missing field
+    ok = rr.rerank([dict(c0, item_id=str(2**62 + 1), creator_id="7", duration_s=None)], context=ctx)
+    assert ok[0]["item_id"] == 2**62 + 1 and ok[0]["creator_id"] == 7
     # a pruned modality the server still sends is ignored; a missing one is allowed
     pruned = next(iter(rr.pruned), None)
     if pruned:
@@ -377,6 +412,33 @@ def test_rerank_cli_with_and_without_a_store(tiny_run, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "bad.json")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_rerank_cli_checks_the_whole_request_before_recording_history(tiny_run, tmp_path, capsys):
+    """A bad candidate or clock fails (exit 2, the field named) before the feed's history reaches the
+    store: otherwise the corrected rerun would record that history twice."""
+    b = str(tiny_run / "bundle")
+    feed = json.loads((tiny_run / "sample_feed.json").read_text())
+    db = tmp_path / "s.db"
+    for field, value, msg in (("duration_s", "long", "duration_s must be a number"), ("now", "x", "'now'")):
+        bad = json.loads(json.dumps(feed))
+        if field == "now":
+            bad["now"] = value
+        else:
+            bad["candidates"][-1][field] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "bad.json"), "--state", str(db),
+                     "--record-history"]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+        if db.exists():
+            with UserState(db) as st:
+                assert st.count() == 0
+    (tmp_path / "good.json").write_text(json.dumps(feed))
+    assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "good.json"), "--state", str(db), "--record-history"]) == 0
+    capsys.readouterr()
+    with UserState(db) as st:
+        assert st.count() == len(feed["history"])                      # recorded once, by the good request
 
 
 def test_drift_replay_adapts_faster_with_on_device_history(tiny_run, tmp_path, capsys):
