@@ -25,6 +25,7 @@ from edge_rec.engines import open_manifest_group
 from edge_rec.errors import BundleError, DataError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
 from edge_rec.state import Event, UserState, _check_event
+from edge_rec.validate import checked_id, show, to_id, to_number
 
 # engine preference for backend="auto": the lightest runtime that needs no torch comes first
 AUTO_ORDER = ("ort", "onnx", "tflite", "coreml", "executorch")
@@ -57,61 +58,19 @@ class Candidate:
         (``null`` stands for a missing optional field)."""
         if not isinstance(d, Mapping):
             raise DataError(f"a candidate must be a JSON object with item_id, creator_id, duration_s, upload_ts, "
-                            f"clicks and embeddings; got {_show(d)}.")
+                            f"clicks and embeddings; got {show(d)}.")
         if d.get("item_id") is None:
             raise DataError(f"a candidate has no item_id (missing or null; keys: {sorted(d)}).")
         item = to_id(d["item_id"], "a candidate's item_id")
         where = f"candidate {item}"
         embs = d.get("embeddings")
         if embs is not None and not isinstance(embs, Mapping):
-            raise DataError(f"{where}: embeddings must be an object {{modality: vector}}, got {_show(embs)}.")
+            raise DataError(f"{where}: embeddings must be an object {{modality: vector}}, got {show(embs)}.")
         creator = d.get("creator_id")
         return cls(item_id=item, creator_id=None if creator is None else to_id(creator, f"{where}: creator_id"),
                    duration_s=to_number(d.get("duration_s"), f"{where}: duration_s", 0.0),
                    upload_ts=to_number(d.get("upload_ts"), f"{where}: upload_ts", 0.0),
                    clicks=to_number(d.get("clicks"), f"{where}: clicks", 0.0), embeddings=dict(embs or {}))
-
-
-INT64 = (-(2 ** 63), 2 ** 63 - 1)
-
-
-def _show(v: Any, n: int = 60) -> str:
-    r = repr(v)
-    return f"{type(v).__name__} {r if len(r) <= n else r[:n] + '...'}"
-
-
-def to_id(v: Any, what: str) -> int:
-    """An item or creator id: a whole number that fits in 64 bits, or a string of digits (how JSON
-    clients send 64-bit ids they cannot hold in a double). Anything else is a :class:`DataError`:
-    truncating 1.7 to 1 could merge two items."""
-    if isinstance(v, bool):
-        raise DataError(f"{what} must be an integer id, got {_show(v)}.")
-    if isinstance(v, (int, np.integer)):
-        i = int(v)
-    elif isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
-        i = int(v)
-    elif isinstance(v, str) and v.strip().lstrip("+-").isdigit():
-        i = int(v)
-    else:
-        raise DataError(f"{what} must be an integer id (or a string of digits), got {_show(v)}.")
-    if not INT64[0] <= i <= INT64[1]:
-        raise DataError(f"{what} must fit in 64-bit signed integers; got {i}.")
-    return i
-
-
-def _checked_id(v: Any, what: str) -> int:
-    """:func:`to_id` with a fast path for a plain int in range (most ids, checked once per page)."""
-    return v if type(v) is int and INT64[0] <= v <= INT64[1] else to_id(v, what)
-
-
-def to_number(v: Any, what: str, default: float | None = None) -> float:
-    """A JSON number as float (``None`` -> ``default`` when there is one); strings and booleans are a
-    :class:`DataError` naming ``what``. Finiteness is checked where the values are used."""
-    if v is None and default is not None:
-        return default
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise DataError(f"{what} must be a number, got {_show(v)}.")
-    return float(v)
 
 
 def decode_embedding(v: Any, where: str) -> np.ndarray:
@@ -303,9 +262,9 @@ class Reranker:
         cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
         n = len(cands)
         # ids of Candidate objects built in code are checked here too (from_dict checked the JSON ones)
-        ids = np.array([_checked_id(c.item_id, "a candidate's item_id") for c in cands], dtype=np.int64)
+        ids = np.array([checked_id(c.item_id, "a candidate's item_id") for c in cands], dtype=np.int64)
         creators = np.empty(n, dtype=object)
-        creators[:] = [None if c.creator_id is None else _checked_id(c.creator_id, f"candidate {c.item_id}: creator_id")
+        creators[:] = [None if c.creator_id is None else checked_id(c.creator_id, f"candidate {c.item_id}: creator_id")
                        for c in cands]
         codes = creator_codes(creators)
         if len(np.unique(ids)) != n:
@@ -401,7 +360,7 @@ class Reranker:
         ignored). :class:`Event` objects pass as they are: the store's events may come from an older
         bundle, and an embedding of another size is then treated as missing."""
         if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Iterable):
-            raise DataError(f"the history must be a list of events (oldest first), got {_show(history)}.")
+            raise DataError(f"the history must be a list of events (oldest first), got {show(history)}.")
         out = []
         for h in history:
             if isinstance(h, Event):
@@ -504,14 +463,14 @@ def request_time(now: Any) -> float:
 def _flag(v: Any, what: str) -> bool:
     if v is None or isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
         return bool(v)
-    raise DataError(f"{what} must be true or false, got {_show(v)}.")
+    raise DataError(f"{what} must be true or false, got {show(v)}.")
 
 
 def _event(d: Mapping[str, Any]) -> Event:
     """A history event from its JSON object (see :class:`~edge_rec.state.Event`), checked as the store
     checks what it records: a missing or mistyped field, a negative or non-finite time is a :class:`DataError`."""
     if not isinstance(d, Mapping):
-        raise DataError(f"a history event must be a JSON object with item_id and ts; got {_show(d)}.")
+        raise DataError(f"a history event must be a JSON object with item_id and ts; got {show(d)}.")
     missing = [k for k in ("item_id", "ts") if d.get(k) is None]
     if missing:
         raise DataError(f"a history event lacks {', '.join(map(repr, missing))}; events need item_id and ts.")
@@ -519,7 +478,7 @@ def _event(d: Mapping[str, Any]) -> Event:
     where = f"history event for item {item}"
     embs = d.get("embeddings")
     if embs is not None and not isinstance(embs, Mapping):
-        raise DataError(f"{where}: embeddings must be an object {{modality: vector}}, got {_show(embs)}.")
+        raise DataError(f"{where}: embeddings must be an object {{modality: vector}}, got {show(embs)}.")
     creator, sentiment = d.get("creator_id"), d.get("sentiment")
     e = Event(item_id=item, ts=to_number(d["ts"], f"{where}: ts"),
               watch_ms=to_number(d.get("watch_ms"), f"{where}: watch_ms", 0.0),

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from edge_rec.errors import DataError
+from edge_rec.validate import to_id, to_number
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -71,15 +72,27 @@ class Event:
 
 
 def _check_event(e: Event) -> None:
+    """What an event must hold before it is stored (or used as history): ids that are whole numbers in
+    64 bits, finite non-negative times, a sentiment in [-1, 1], finite 1-D embeddings. A
+    :class:`DataError` otherwise, raised before any write."""
+    to_id(e.item_id, "an event's item_id")
+    if e.creator_id is not None:
+        to_id(e.creator_id, f"event for item {e.item_id}: creator_id")
     nums = {"ts": e.ts, "watch_ms": e.watch_ms, "duration_ms": e.duration_ms}
-    bad = [k for k, v in nums.items() if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
+    bad = [k for k, v in nums.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
     if bad:
         raise DataError(f"event for item {e.item_id}: {', '.join(bad)} must be finite and >= 0 (got "
                         + ", ".join(f"{k}={nums[k]!r}" for k in bad) + ").")
-    if e.sentiment is not None and not (math.isfinite(e.sentiment) and -1.0 <= e.sentiment <= 1.0):
-        raise DataError(f"event for item {e.item_id}: sentiment must be in [-1, 1], got {e.sentiment!r}.")
+    if e.sentiment is not None:
+        s = to_number(e.sentiment, f"event for item {e.item_id}: sentiment")
+        if not (math.isfinite(s) and -1.0 <= s <= 1.0):
+            raise DataError(f"event for item {e.item_id}: sentiment must be in [-1, 1], got {e.sentiment!r}.")
     for m, v in e.embeddings.items():
-        a = np.asarray(v, dtype=np.float32)
+        try:
+            a = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"event for item {e.item_id}: embedding {m!r} is not numeric ({exc}).") from exc
         if a.ndim != 1 or not np.isfinite(a).all():
             raise DataError(f"event for item {e.item_id}: embedding {m!r} must be a finite 1-D vector.")
 
@@ -116,8 +129,8 @@ class UserState:
         events = list(events)
         for e in events:
             _check_event(e)
-        rows = [(float(e.ts), int(e.item_id), None if e.creator_id is None else int(e.creator_id), float(e.watch_ms),
-                 float(e.duration_ms), int(bool(e.finish)), int(bool(e.skip)), int(bool(e.like)), int(bool(e.share)),
+        rows = [(float(e.ts), to_id(e.item_id, "item_id"), None if e.creator_id is None else to_id(e.creator_id, "creator_id"),
+                 float(e.watch_ms), float(e.duration_ms), int(bool(e.finish)), int(bool(e.skip)), int(bool(e.like)), int(bool(e.share)),
                  None if e.sentiment is None else float(e.sentiment),
                  json.dumps({m: np.asarray(v, np.float16).tobytes().hex() for m, v in e.embeddings.items()}))
                 for e in events]

@@ -333,6 +333,25 @@ def test_store_round_trip_retention_forget_export(tmp_path):
     assert files and not any(trace in p.read_bytes() for p in files)    # forget() leaves no trace on disk
 
 
+def test_store_rejects_mistyped_events_and_writes_nothing(tmp_path):
+    """An app's Event with a mistyped field is a DataError before the transaction (a batch with one bad
+    event writes none of them); 1.5 is never stored as item 1, True never as a time."""
+    with UserState(tmp_path / "s.db") as st:
+        good = _ev(1, 100.0)
+        for bad, msg in ((Event(item_id="abc", ts=1.0), "item_id must be an integer id"),
+                         (Event(item_id=1.5, ts=1.0), "got float 1.5"),
+                         (Event(item_id=2**70, ts=1.0), "64-bit"),
+                         (Event(item_id=1, ts=1.0, creator_id="c"), "creator_id must be an integer"),
+                         (Event(item_id=1, ts=True), "ts must be finite"),
+                         (Event(item_id=1, ts=1.0, sentiment="bad"), "sentiment must be a number"),
+                         (Event(item_id=1, ts=1.0, embeddings={"visual": "abc"}), "not numeric")):
+            with pytest.raises(DataError, match=msg):
+                st.record_many([good, bad])
+        assert st.count() == 0
+        st.record(Event(item_id="12", ts=2.0))                   # a digit string is an id
+        assert [e.item_id for e in st.events()] == [12]
+
+
 def _writer(path: str, start: int, n: int) -> None:
     st = UserState(path)
     for i in range(n):
