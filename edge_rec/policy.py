@@ -14,10 +14,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from edge_rec.errors import ConfigError
 
 
 @dataclass
@@ -30,6 +33,28 @@ class PostRankPolicy:
     freshness_boost: float = 0.1
     freshness_tau_h: float = 24.0
     window: int = 20                     # MMR and the creator cap shape the top `window` positions
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.mmr_lambda, (int, float)) and 0.0 <= self.mmr_lambda <= 1.0):
+            problems.append(f"mmr_lambda={self.mmr_lambda!r} must be in [0, 1] (1 = no diversity term)")
+        if self.max_per_creator is not None and not (_whole(self.max_per_creator) and self.max_per_creator >= 1):
+            problems.append(f"max_per_creator={self.max_per_creator!r} must be a whole number >= 1, or None for no cap")
+        for name in ("skip_penalty", "negative_penalty", "freshness_boost"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                problems.append(f"{name}={v!r} must be a finite number")
+        if isinstance(self.freshness_tau_h, bool) or not isinstance(self.freshness_tau_h, (int, float)) \
+                or not (math.isfinite(self.freshness_tau_h) and self.freshness_tau_h > 0):
+            problems.append(f"freshness_tau_h={self.freshness_tau_h!r} must be a finite number of hours > 0")
+        if not (_whole(self.window) and self.window >= 0):
+            problems.append(f"window={self.window!r} must be a whole number >= 0 (0: no MMR and no creator cap)")
+        if problems:
+            raise ConfigError("invalid PostRankPolicy: " + "; ".join(problems) + ".")
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 NO_CREATOR = np.iinfo(np.int64).min           # creator code of an item whose creator is unknown

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_rec.bundle import verify_bundle
 from edge_rec.engines import open_manifest_group
-from edge_rec.errors import BundleError, DataError, MissingDependencyError
+from edge_rec.errors import BundleError, ConfigError, DataError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
 from edge_rec.state import Event, UserState, _check_event
 from edge_rec.validate import checked_id, show, to_id, to_number
@@ -216,6 +216,8 @@ class Reranker:
         ``backend``: ``auto`` (the first of ort, onnx, tflite, coreml, executorch whose engine is
         installed and whose export passed its gates), or a format name. ``precision``: default int8
         where it passed its gates, else fp32."""
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ConfigError(f"threads={threads!r} must be a whole number >= 1 (the engine's intra-op threads).")
         root = Path(bundle)
         manifest = verify_bundle(root)
         arts: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -395,6 +397,12 @@ class Reranker:
         naming the field. Returns the top ``k`` (default
         all) as a :class:`Ranking` of rows ``rank, item_id, creator_id, score, final_score, p_click,
         p_finish, p_like`` and, with ``explain``, ``explanation`` {modality: score lost when it is masked}."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0):
+            raise ConfigError(f"k={k!r} must be a whole number >= 0 (how many ranked items to return), or None for all.")
+        if context is not None and not isinstance(context, Mapping):
+            raise DataError(f"context must be a mapping with 'now', 'history', 'history_total'; got {show(context)}.")
+        if candidates is None:
+            raise DataError("candidates is None; pass a list of candidates (an empty list gives an empty ranking).")
         feed = candidates if isinstance(candidates, Feed) else self.prepare(candidates)
         n = len(feed)
         if n == 0:

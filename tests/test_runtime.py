@@ -208,6 +208,29 @@ def test_bad_input_gets_typed_errors(rr, feed):
     assert len(rr.rerank([dict(c0, embeddings={})], context=ctx)) == 1
 
 
+def test_bad_settings_are_config_errors(bundle, rr, feed):
+    """Settings that would silently mean something else (threads=0 is 'all cores' to onnxruntime,
+    k=-1 an empty ranking, k=2.5 two items) or crash later (a freshness time constant of 0) fail at once."""
+    from edge_rec.errors import ConfigError
+
+    for kw, msg in ((dict(mmr_lambda=2.0), "mmr_lambda"), (dict(window=-1), "window"), (dict(max_per_creator=0), "max_per_creator"),
+                    (dict(freshness_tau_h=0), "freshness_tau_h"), (dict(skip_penalty=float("nan")), "skip_penalty")):
+        with pytest.raises(ConfigError, match=msg):
+            PostRankPolicy(**kw)
+    for threads in (0, -1, 1.5):
+        with pytest.raises(ConfigError, match="threads"):
+            Reranker.open(bundle, backend="onnx", threads=threads)
+    for k in (-1, 2.5, "5", True):
+        with pytest.raises(ConfigError, match="k="):
+            rr.rerank(feed["candidates"], context=_ctx(feed), k=k)
+    with pytest.raises(DataError, match="context must be a mapping"):
+        rr.rerank(feed["candidates"], context=[1, 2])
+    with pytest.raises(DataError, match="candidates is None"):
+        rr.rerank(None)
+    assert len(rr.rerank(feed["candidates"], context=_ctx(feed), k=np.int64(3))) == 3
+    assert len(rr.rerank(feed["candidates"], context=_ctx(feed), k=0)) == 0
+
+
 def test_tampered_or_wrong_version_bundle_is_refused(bundle, tmp_path):
     import shutil
 
