@@ -203,12 +203,21 @@ def check_against(bench: dict[str, Any], reference: dict[str, Any]) -> list[str]
 def merge(files: Sequence[str | Path]) -> dict[str, Any]:
     """Combine bench.json files from many devices: one row per (device, format, precision, N, threads)."""
     rows, devices = [], []
-    for f in files:
-        b = json.loads(Path(f).read_text())
-        if b.get("schema_version", "").split(".")[0] != BENCH_SCHEMA_VERSION.split(".")[0]:
-            from edge_rec.errors import DataError
+    from edge_rec.errors import DataError
 
+    for f in files:
+        try:
+            b = json.loads(Path(f).read_text())
+        except FileNotFoundError as exc:
+            raise DataError(f"{f} not found; merge takes bench.json files written by `edge-rec bench` or the runner.") from exc
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{f} is not readable JSON ({exc}).") from exc
+        if not isinstance(b, dict) or not isinstance(b.get("schema_version"), str):
+            raise DataError(f"{f} is not a bench.json (no schema_version); merge takes files written by `edge-rec bench`.")
+        if b["schema_version"].split(".")[0] != BENCH_SCHEMA_VERSION.split(".")[0]:
             raise DataError(f"{f}: bench schema {b.get('schema_version')!r} is not {BENCH_SCHEMA_VERSION}.")
+        if not isinstance(b.get("machine"), dict) or not isinstance(b.get("results"), list):
+            raise DataError(f"{f}: a bench.json needs 'machine' and 'results'; this one is incomplete.")
         dev = b.get("device") or f"{b['machine']['cpu']} ({Path(f).stem})"
         devices.append({"device": dev, "file": str(f), **b["machine"]})
         for r in b["results"]:
@@ -315,13 +324,23 @@ ap.add_argument("--formats", help="default: every format whose engine is install
 ap.add_argument("--device", default=platform.node(), help="name of this device in merged tables")
 ap.add_argument("--out", default="bench.json")
 a = ap.parse_args()
+def _counts(text, flag):
+    try:
+        v = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        v = []
+    if not v or min(v) < 1:
+        ap.error(f"{flag} takes whole numbers >= 1, comma-separated; got {text!r}")
+    return v
+cands, threads = _counts(a.candidates, "--candidates"), _counts(a.threads, "--threads")
+if a.repeats < 1:
+    ap.error(f"--repeats must be >= 1, got {a.repeats}")
 import importlib.util
 mods = {"onnx": "onnxruntime", "ort": "onnxruntime", "tflite": "ai_edge_litert", "executorch": "executorch", "coreml": "coremltools"}
 formats = a.formats.split(",") if a.formats else [f for f, m in mods.items() if importlib.util.find_spec(m)]
 if platform.system() != "Darwin" and "coreml" in formats:
     formats.remove("coreml")
-rep = run_bench(HERE / "bundle", formats=formats, candidates=[int(c) for c in a.candidates.split(",")],
-                threads=[int(t) for t in a.threads.split(",")], repeats=a.repeats)
+rep = run_bench(HERE / "bundle", formats=formats, candidates=cands, threads=threads, repeats=a.repeats)
 rep["device"] = a.device
 Path(a.out).write_text(json.dumps(rep, indent=2) + "\\n")
 print(f"wrote {a.out}: {len(rep['results'])} rows, errors: {rep['errors'] or 'none'}")

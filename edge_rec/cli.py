@@ -302,7 +302,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_rec import bench as B
     from edge_rec.distill.dataset import write_json  # numpy-only module
-    from edge_rec.errors import ConfigError, GateError
+    from edge_rec.errors import ConfigError, DataError, GateError
 
     if args.action == "merge":
         if not args.files or not args.out:
@@ -323,15 +323,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("edge-rec bench needs --out DIR (or --package OUT.zip).")
+    # every argument is checked before any benchmark runs (they take minutes) or anything is written
+    candidates = _positive_ints(args.candidates, "--candidates")
+    threads = _positive_ints(args.threads, "--threads")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1 (timed calls per row), got {args.repeats}.")
+    formats = _csv(args.formats) if args.formats else None
+    precisions = _csv(args.quant) if args.quant else None
+    _bundle_has(args.bundle, formats, precisions)
+    if args.teacher and not all((Path(args.teacher) / f).is_file() for f in ("config.json", "model.safetensors")):
+        raise DataError(f"--teacher {args.teacher} holds no teacher (needs config.json and model.safetensors); "
+                        "point at RUN/teacher of a pipeline run.")
+    if args.report:
+        _read_json(args.report, "--report (the pipeline's report.json)")
+    reference = _read_json(args.check, "--check (a reference of ratio bounds)") if args.check else None
+    if reference is not None and not isinstance(reference.get("ratios"), dict):
+        raise DataError(f"--check {args.check}: a reference is {{\"ratios\": {{name: {{\"min\"|\"max\": x}}}}}}; "
+                        "see benchmarks/reference.json.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rep = B.run_bench(args.bundle, formats=_csv(args.formats) if args.formats else None,
-                      precisions=_csv(args.quant) if args.quant else None,
-                      candidates=[int(c) for c in _csv(args.candidates)], threads=[int(t) for t in _csv(args.threads)],
+    rep = B.run_bench(args.bundle, formats=formats, precisions=precisions, candidates=candidates, threads=threads,
                       repeats=args.repeats)
     rat = B.ratios(args.bundle, teacher=args.teacher, repeats=max(50, args.repeats))
     rep["ratios"] = {k: rat.get(k) for k in ("teacher_over_student_p50", "wrapper_overhead", "teacher_over_rerank_p50")}
     rep["ratio_details"] = rat
+    if "error" in rat:
+        rep["errors"].append("ratios: " + "; ".join(rat["error"]))
     rep["quality"] = B.quality_rows(args.bundle, args.report)
     if rep["quality"]:
         ref = next((q["ndcg@10"] for q in rep["quality"] if q["model"] == "student pytorch fp32"), None)
@@ -356,12 +373,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if rep["errors"]:
         print("errors: " + "; ".join(rep["errors"]), file=sys.stderr)
     print(f"bench: {out / 'bench.json'}, {out / 'bench.md'}" + (f", plots: {', '.join(rep['plots'])}" if rep["plots"] else ""))
-    if args.check:
-        fails = B.check_against(rep, json.loads(Path(args.check).read_text()))
+    if reference is not None:
+        fails = B.check_against(rep, reference)
         if fails:
             raise GateError(f"{len(fails)} benchmark regression(s) against {args.check}:\n  " + "\n  ".join(fails))
         print(f"no regression against {args.check}")
+    if rep["errors"]:
+        # an engine that crashed is not a result: the report is written, but the step did not succeed
+        print(f"edge-rec bench: {len(rep['errors'])} row(s) failed (listed in {out / 'bench.json'} under 'errors').",
+              file=sys.stderr)
+        return 3
     return 0
+
+
+def _positive_ints(text: str, flag: str) -> list[int]:
+    from edge_rec.errors import ConfigError
+
+    try:
+        vals = [int(x) for x in _csv(text)]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{flag} takes whole numbers >= 1, comma-separated (e.g. 16,200); got {text!r}.")
+    return vals
+
+
+def _read_json(path: str, what: str) -> dict:
+    from edge_rec.errors import DataError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"{what}: {path} not found.") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{what}: {path} is not readable JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{what}: {path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
+def _bundle_has(bundle: str, formats: list[str] | None, precisions: list[str] | None) -> None:
+    """Formats and precisions asked for must be in the bundle: a typo would otherwise benchmark nothing."""
+    from edge_rec.bundle import verify_bundle
+    from edge_rec.errors import ConfigError
+
+    arts = verify_bundle(Path(bundle))["artifacts"]
+    for asked, key, flag in ((formats, "format", "--formats"), (precisions, "precision", "--quant")):
+        have = sorted({a[key] for a in arts})
+        missing = [x for x in asked or () if x not in have]
+        if missing:
+            raise ConfigError(f"{flag}: the bundle has no {', '.join(map(repr, missing))}; it has {', '.join(have)}.")
 
 
 # ---- parser -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import zipfile
@@ -56,6 +57,45 @@ def test_check_names_the_regression_and_exits_1(bench_dir, tiny_run, tmp_path, c
     assert "teacher_over_student_size" in capsys.readouterr().err
 
 
+def test_bad_bench_arguments_fail_before_anything_runs(tiny_run, tmp_path, capsys):
+    """Each would have crashed (exit 3), silently benchmarked nothing, or dropped a row without a word."""
+    b, out = str(tiny_run / "bundle"), tmp_path / "o"
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "broken.json").write_text("{not json")
+    cases = {"--candidates takes whole numbers >= 1": ["--candidates", "0"],
+             "--candidates takes whole": ["--candidates", "16,abc"],
+             "--threads takes whole numbers": ["--threads", "0"],
+             "--repeats must be >= 1": ["--repeats", "0"],
+             "--formats: the bundle has no 'foo'": ["--formats", "onnx,foo"],
+             "--quant: the bundle has no 'int3'": ["--quant", "int3"],
+             "holds no teacher": ["--teacher", str(tmp_path / "nowhere")],
+             "--report .* not found": ["--report", str(tmp_path / "none.json")],
+             "--check .* must hold a JSON object": ["--check", str(tmp_path / "list.json")],
+             "--check .* not readable JSON": ["--check", str(tmp_path / "broken.json")]}
+    for msg, extra in cases.items():
+        assert main(["bench", "--bundle", b, "--out", str(out), *extra]) == 2, msg
+        assert re.search(msg, capsys.readouterr().err), msg
+    assert not out.exists()                                     # nothing ran, nothing was written
+    for f, msg in (("list.json", "is not a bench.json"), ("broken.json", "not readable JSON"), ("none.json", "not found")):
+        assert main(["bench", "merge", str(tmp_path / f), "--out", str(tmp_path / "m")]) == 2
+        assert msg in capsys.readouterr().err
+
+
+def test_a_failed_row_is_reported_and_exits_3(tiny_run, tmp_path, capsys):
+    """A teacher folder whose weights do not load: the engine rows still run and bench.json is written,
+    but the failed ratio row is listed under 'errors' and the step exits 3, not 0."""
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_bytes(b"not safetensors")
+    code = main(["bench", "--bundle", str(tiny_run / "bundle"), "--out", str(tmp_path / "o"), "--formats", "onnx",
+                 "--quant", "int8", "--candidates", "16", "--threads", "1", "--repeats", "3", "--teacher", str(teacher)])
+    assert code == 3
+    b = json.loads((tmp_path / "o" / "bench.json").read_text())
+    assert len(b["results"]) == 1 and len(b["errors"]) == 1 and b["errors"][0].startswith("ratios: ")
+    assert "row(s) failed" in capsys.readouterr().err
+
+
 def test_reference_file_is_ratios_only():
     ref = json.loads((Path(__file__).parents[1] / "benchmarks" / "reference.json").read_text())
     assert ref["ratios"] and all(set(b) <= {"min", "max"} for b in ref["ratios"].values())
@@ -80,6 +120,9 @@ def test_packaged_runner_in_a_bare_venv_and_merge(tiny_run, tmp_path, capsys):
     listed = subprocess.run([py, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
     assert "torch" not in names and "jsonschema" not in names and "edge-rec" not in names
+    bad = subprocess.run([py, "run_bench.py", "--candidates", "16,0"], cwd=work, capture_output=True, text=True,
+                         timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert bad.returncode == 2 and "--candidates takes whole numbers >= 1" in bad.stderr
     outs = []
     for dev in ("phone-a", "phone-b"):
         out = work / f"bench-{dev}.json"
