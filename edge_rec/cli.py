@@ -206,7 +206,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     gates = Gates.from_cli(min_ndcg_retained=args.min_ndcg_retained, max_size_kb=args.max_size_kb,
                            min_spearman=args.min_spearman)
     report = export_bundle(args.student, args.data, args.out, formats=_csv(args.formats), precisions=_csv(args.quant),
-                           buckets=[int(b) for b in _csv(args.buckets)], parity_requests=args.parity_requests,
+                           buckets=_positive_ints(args.buckets, "--buckets"), parity_requests=args.parity_requests,
                            gates=gates, int8_mode=args.int8_mode, coreml_flexible=args.coreml_flexible,
                            overwrite=args.overwrite)
     print(f"{'format':<11}{'prec':<6}{'ok':<4}{'size KB':>9}{'ratio':>7}{'spearman':>10}{'top10':>7}{'ndcg ret.':>10}  note")

@@ -57,6 +57,17 @@ class Gates:
     @classmethod
     def from_cli(cls, min_ndcg_retained: float | None = None, max_size_kb: float | None = None,
                  min_spearman: float | None = None) -> "Gates":
+        # an impossible bar (--min-ndcg-retained 1.5, --max-size-kb 1) is the user's to set and fails
+        # as a gate (exit 1); a value no result can be compared with is a usage error before any work
+        def bad(v: float | None, ok: bool) -> bool:
+            return v is not None and not (math.isfinite(v) and ok)
+
+        if bad(max_size_kb, max_size_kb is not None and max_size_kb > 0):
+            raise ConfigError(f"--max-size-kb must be a finite size in KB > 0, got {max_size_kb}.")
+        if bad(min_ndcg_retained, min_ndcg_retained is not None and min_ndcg_retained > 0):
+            raise ConfigError(f"--min-ndcg-retained must be a finite ratio > 0 (e.g. 0.995), got {min_ndcg_retained}.")
+        if bad(min_spearman, min_spearman is not None and -1 <= min_spearman <= 1):
+            raise ConfigError(f"--min-spearman must be a correlation in [-1, 1] (e.g. 0.99), got {min_spearman}.")
         g = cls(max_size_kb=max_size_kb)
         if min_ndcg_retained is not None:
             g.min_ndcg_retained = {p: float(min_ndcg_retained) for p in PRECISIONS}
@@ -204,6 +215,11 @@ def export_bundle(
 
     gates = gates or Gates()
     formats, precisions = list(formats), list(precisions)
+    if not formats:
+        raise ConfigError(f"no format to export; choose from {', '.join(REGISTRY)}.")
+    if isinstance(parity_requests, bool) or not isinstance(parity_requests, int) or parity_requests < 1:
+        raise ConfigError(f"parity_requests must be a whole number >= 1 (validation requests run through each "
+                          f"export), got {parity_requests!r}.")
     for f in formats:
         get_exporter(f)                                              # unknown formats fail before any work
     bad = [p for p in precisions if p not in PRECISIONS]

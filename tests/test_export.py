@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import stat
 import zipfile
@@ -270,3 +271,20 @@ def test_example_ci_workflow_uses_real_commands():
     assert [c[0] for c in cmds] == ["pipeline", "export", "verify"]
     for c in cmds:
         build_parser().parse_args(c)
+
+
+def test_unusable_export_arguments_fail_before_any_work(tiny_run, tmp_path, capsys):
+    """A bar no result can be compared with (NaN, a negative size, a Spearman of 5), no format, a
+    non-numeric bucket or a parity sample below 1 is exit 2 before anything converts; an impossible but
+    meaningful bar stays a gate (exit 1, above)."""
+    base = ["export", "--student", str(tiny_run / "student"), "--data", str(tiny_run / "data"), "--out", str(tmp_path / "b")]
+    cases = {"--max-size-kb must be a finite size": ["--max-size-kb", "-1"],
+             "--min-ndcg-retained must be a finite ratio": ["--min-ndcg-retained", "nan"],
+             r"--min-spearman must be a correlation in \[-1, 1\]": ["--min-spearman", "5"],
+             "no format to export": ["--formats", ","],
+             "--buckets takes whole numbers": ["--buckets", "16,abc"],
+             "parity_requests must be a whole number >= 1": ["--parity-requests", "-5"]}
+    for msg, extra in cases.items():
+        assert main(base + extra) == 2, msg
+        assert re.search(msg, capsys.readouterr().err), msg
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.zip").exists()
