@@ -15,12 +15,14 @@ it was at the switch). A viewer who never gets there within ``max_swipes`` count
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_rec.distill.dataset import Dataset
+from edge_rec.errors import ConfigError
 from edge_rec.policy import PostRankPolicy
 from edge_rec.runtime import Candidate, Reranker
 from edge_rec.state import Event
@@ -58,6 +60,16 @@ def _event(ds: Dataset, i: int, ts: float, liked: bool) -> Event:
 def drift_replay(ds: Dataset, bundle: str | Path, item_topic: np.ndarray, *, n_users: int = 40, pool: int = 64,
                  max_swipes: int = 30, swipe_s: float = 20.0, seed: int = 0) -> dict[str, Any]:
     """Run both arms; returns per-arm median / mean swipes, the share reaching the top 3, per-user rows."""
+    # a quarter of the pool is the new interest: 12 gives it the 3 items the top 3 needs; the pool
+    # loses one item per swipe and must keep 3
+    for name, v, lo, hi in (("users", n_users, 1, None), ("pool", pool, 12, None),
+                            ("max_swipes", max_swipes, 1, pool - 3 if isinstance(pool, int) else None)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise ConfigError(f"drift replay: {name} must be a whole number >= {lo}"
+                              + (f" and <= {hi} (the pool of {pool} less the top 3)" if hi is not None else "")
+                              + f", got {v!r}.")
+    if not (math.isfinite(swipe_s) and swipe_s > 0):
+        raise ConfigError(f"drift replay: swipe_s must be a finite number of seconds > 0, got {swipe_s!r}.")
     events = ds.meta.get("planted", {}).get("drift_events", [])
     if not events:
         return {"skipped": "the dataset has no planted drift events"}

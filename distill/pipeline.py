@@ -54,18 +54,19 @@ def run_pipeline(
     run = Path(out)
     if run.exists() and any(run.iterdir()) and not overwrite:
         raise DataError(f"{run} exists and is not empty; pass --overwrite to replace its contents or choose another --out.")
+    given = Dataset.load(data) if data is not None else None     # a bad --data fails before --out is created
     run.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     stages: dict[str, str] = {}
 
     t0 = time.perf_counter()
-    if data is None:
+    if given is None:
         cfg = world_config(preset, seed=seed)
         ds = generate_world(cfg, progress=progress)
         ds.save(run / "data", overwrite=True)
         stages["world"] = f"ran: synthetic world preset={preset} seed={seed} -> {run / 'data'}"
     else:
-        ds = Dataset.load(data)
+        ds = given
         stages["world"] = f"skipped: dataset given ({data})"
     write_json(run / "data_inspect.json", inspect(ds))
     timings["world"] = time.perf_counter() - t0

@@ -54,6 +54,8 @@ def test_input_errors_exit_2_without_traceback(tmp_path, capsys):
     assert not (tmp_path / "p").exists()
     assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "p"), "--loo-repeats", "0"]) == 2
     assert "loo_repeats must be >= 1" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    assert main(["pipeline", "--preset", "tiny", "--out", str(tmp_path / "p"), "--data", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "p").exists()
 
 
 def test_pipeline_tiny_writes_the_report(tiny_run):

@@ -493,3 +493,9 @@ def test_drift_replay_adapts_faster_with_on_device_history(tiny_run, tmp_path, c
     assert main(["drift", "--data", str(tiny_run / "data"), "--bundle", str(tiny_run / "bundle"),
                  "--out", str(out), "--users", "3"]) == 0
     assert json.loads(out.read_text())["users"] == 3
+    # counts that would report NaN medians (0 users) or run the pool dry are refused, nothing written
+    for flag, v, msg in (("--users", "0", "users must be a whole number >= 1"),
+                         ("--max-swipes", "0", "max_swipes must be"), ("--max-swipes", "100", "<= 61")):
+        assert main(["drift", "--data", str(tiny_run / "data"), "--bundle", str(tiny_run / "bundle"),
+                     "--out", str(tmp_path / "bad.json"), flag, v]) == 2
+        assert msg in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
