@@ -410,7 +410,7 @@ class Reranker:
         ctx = context or {}
         now = request_time(ctx.get("now"))
         if state is not None:
-            history = state.events(limit=self.hist_len, before=now)
+            history = state._events(self.hist_len, now)              # read-only here: no copies
             total = state.count()
         else:
             history = self.parse_history(ctx.get("history") or ())

@@ -71,6 +71,15 @@ class Event:
         return self.watch_ms / self.duration_ms if self.duration_ms > 0 else 0.0
 
 
+def _copy_event(e: Event) -> Event:
+    """A shallow copy (its own embeddings dict; the arrays are shared and read-only), cheaper than
+    :func:`copy.copy`: the caller may change its copy without touching the store's."""
+    c = object.__new__(Event)
+    c.__dict__.update(e.__dict__)
+    c.embeddings = dict(e.embeddings)
+    return c
+
+
 def _check_event(e: Event) -> None:
     """What an event must hold before it is stored (or used as history): ids that are whole numbers in
     64 bits, finite non-negative times, a sentiment in [-1, 1], finite 1-D embeddings. A
@@ -119,6 +128,7 @@ class UserState:
             raise DataError(f"{self.path} failed SQLite's integrity check ({ok}).")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_version', ?)", (STORE_VERSION,))
         self._lock = threading.Lock()
+        self._decoded: dict[int, Event] = {}        # row id -> decoded event (see events())
 
     # ---- writing --------------------------------------------------------------------------------
     def record(self, event: Event) -> int:
@@ -159,8 +169,18 @@ class UserState:
 
     # ---- reading --------------------------------------------------------------------------------
     def events(self, limit: int | None = None, before: float | None = None) -> list[Event]:
-        """Events oldest first: the last ``limit`` ones strictly before ``before`` (default: all)."""
-        q = "SELECT ts, item_id, creator_id, watch_ms, duration_ms, finish, skip, like, share, sentiment, emb FROM events"
+        """Events oldest first: the last ``limit`` ones strictly before ``before`` (default: all).
+
+        The reranker asks for the last L events at every swipe, and between two swipes at most one is
+        new: rows are decoded once and kept by row id (a row never changes once written, and ids are
+        never reused), so a swipe costs one index query plus the rows it has not seen. Each call
+        returns fresh :class:`Event` objects; their embeddings are read-only arrays."""
+        return [_copy_event(e) for e in self._events(limit, before)]
+
+    def _events(self, limit: int | None, before: float | None) -> list[Event]:
+        """:meth:`events` without the copies: the store's own decoded objects, for readers that never
+        change them (the reranker)."""
+        q = "SELECT id FROM events"
         args: list[Any] = []
         if before is not None:
             q += " WHERE ts < ?"
@@ -170,12 +190,26 @@ class UserState:
             q += " LIMIT ?"
             args.append(int(limit))
         with self._lock:
-            rows = self._db.execute(q, args).fetchall()
-        out = []
-        for ts, item, creator, w, d, fin, sk, lk, sh, sent, emb in reversed(rows):
-            embs = {m: np.frombuffer(bytes.fromhex(h), np.float16).astype(np.float32) for m, h in json.loads(emb or "{}").items()}
-            out.append(Event(item_id=item, ts=ts, watch_ms=w, duration_ms=d, finish=bool(fin), skip=bool(sk),
-                             like=bool(lk), share=bool(sh), creator_id=creator, sentiment=sent, embeddings=embs))
+            ids = [r[0] for r in self._db.execute(q, args).fetchall()]
+            new = [i for i in ids if i not in self._decoded]
+            for c0 in range(0, len(new), 500):                     # SQLite caps the parameters of one query
+                chunk = new[c0:c0 + 500]
+                rows = self._db.execute(
+                    "SELECT id, ts, item_id, creator_id, watch_ms, duration_ms, finish, skip, like, share, sentiment, emb "
+                    f"FROM events WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                for rid, ts, item, creator, w, d, fin, sk, lk, sh, sent, emb in rows:
+                    embs = {}
+                    for m, h in json.loads(emb or "{}").items():
+                        a = np.frombuffer(bytes.fromhex(h), np.float16).astype(np.float32)
+                        a.flags.writeable = False
+                        embs[m] = a
+                    self._decoded[rid] = Event(item_id=item, ts=ts, watch_ms=w, duration_ms=d, finish=bool(fin),
+                                               skip=bool(sk), like=bool(lk), share=bool(sh), creator_id=creator,
+                                               sentiment=sent, embeddings=embs)
+            out = [self._decoded[i] for i in reversed(ids)]
+            if len(self._decoded) > self.max_events + 1024:          # rows retention deleted: keep what is in use
+                keep = set(ids)
+                self._decoded = {i: e for i, e in self._decoded.items() if i in keep}
         return out
 
     def count(self) -> int:
@@ -220,6 +254,7 @@ class UserState:
         """Delete every event, then VACUUM so the deleted rows do not linger in the file."""
         with self._lock:
             self._db.execute("DELETE FROM events")
+            self._decoded.clear()
             self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 

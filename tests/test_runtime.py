@@ -356,6 +356,29 @@ def test_store_round_trip_retention_forget_export(tmp_path):
     assert files and not any(trace in p.read_bytes() for p in files)    # forget() leaves no trace on disk
 
 
+def test_store_reads_decode_each_row_once_and_follow_other_writers(tmp_path):
+    """events() keeps decoded rows by id (a swipe re-reads the last L events, at most one of them new),
+    yet what it returns follows the file: another connection's record and forget() show at once, and
+    changing a returned event changes nothing for the next caller."""
+    path = tmp_path / "s.db"
+    with UserState(path) as a, UserState(path) as b:
+        a.record_many(_ev(i, 100.0 + i) for i in range(5))
+        first = a.events(limit=3)
+        assert [e.item_id for e in first] == [2, 3, 4] and len(a._decoded) == 3
+        first[0].like = True
+        first[0].embeddings["visual"] = np.zeros(4, np.float32)
+        with pytest.raises(ValueError):
+            first[1].embeddings["visual"][0] = 7.0               # the shared arrays are read-only
+        b.record(_ev(9, 200.0))                                  # another writer
+        again = a.events(limit=3)
+        assert [e.item_id for e in again] == [3, 4, 9] and len(a._decoded) == 4   # only the new row decoded
+        assert [e.item_id for e in a.events(limit=3, before=150.0)] == [2, 3, 4]
+        assert a.events(limit=3, before=150.0)[0].like is False
+        assert a.events(limit=3, before=150.0)[0].embeddings["visual"].tolist() == [2.0] * 4
+        b.forget()
+        assert a.events() == [] and a.count() == 0
+
+
 def test_store_rejects_mistyped_events_and_writes_nothing(tmp_path):
     """An app's Event with a mistyped field is a DataError before the transaction (a batch with one bad
     event writes none of them); 1.5 is never stored as item 1, True never as a time."""
