@@ -7,7 +7,9 @@ be rebuilt on the device without asking the server anything.
 
 Safety: every ``record`` is one transaction (WAL + ``synchronous=FULL``: a committed event survives a
 killed process or a power cut); concurrent writers from several threads or processes are serialised
-by SQLite's lock with a busy timeout; retention is bounded (``max_events``, ``max_age_days``);
+by SQLite's lock with a busy timeout; recording is idempotent (an event is the item shown at an
+instant: the same ``(item_id, ts)`` recorded again, by a retry after a crash or a replayed log, keeps
+the first copy and returns its id); retention is bounded (``max_events``, ``max_age_days``);
 ``forget()`` wipes everything (and VACUUMs, so nothing lingers in free pages); ``export()`` hands the
 viewer their data as JSON. There is no network code in this module, nor anywhere in ``edge_rec``.
 """
@@ -122,6 +124,8 @@ class UserState:
             self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
             self._db.executescript(SCHEMA)
             ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok == "ok":
+                self._ensure_event_key()
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path} is not a readable behaviour store ({exc}); move it aside and start a new one.") from exc
         if ok != "ok":
@@ -130,12 +134,31 @@ class UserState:
         self._lock = threading.Lock()
         self._decoded: dict[int, Event] = {}        # row id -> decoded event (see events())
 
+    def _ensure_event_key(self) -> None:
+        """One row per ``(item_id, ts)``. A store written before the key existed may hold a replayed
+        event twice: the later copies go (the first is kept, as :meth:`record_many` would have), then the
+        unique index is built, in one transaction so that a concurrent opener sees either state."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='events_key'").fetchone():
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM events WHERE id NOT IN (SELECT MIN(id) FROM events GROUP BY item_id, ts)")
+            self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_key ON events(item_id, ts)")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     # ---- writing --------------------------------------------------------------------------------
     def record(self, event: Event) -> int:
-        """Append one event (one committed transaction); returns its id. Retention is applied as it goes."""
+        """Append one event (one committed transaction); returns its id (the stored copy's id when the
+        same ``(item_id, ts)`` is already there). Retention is applied as it goes."""
         return self.record_many([event])[-1]
 
     def record_many(self, events: Iterable[Event]) -> list[int]:
+        """Append events in one transaction (all or none); returns their ids, in order. An event whose
+        ``(item_id, ts)`` is already stored (or earlier in ``events``) is not stored again: its id is the
+        stored copy's, so replaying a log or retrying after a crash never duplicates the history."""
         events = list(events)
         for e in events:
             _check_event(e)
@@ -151,8 +174,12 @@ class UserState:
                 for r in rows:
                     cur = self._db.execute(
                         "INSERT INTO events (ts, item_id, creator_id, watch_ms, duration_ms, finish, skip, like, share, "
-                        "sentiment, emb) VALUES (?,?,?,?,?,?,?,?,?,?,?)", r)
-                    ids.append(int(cur.lastrowid))
+                        "sentiment, emb) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (item_id, ts) DO NOTHING", r)
+                    if cur.rowcount == 1:
+                        ids.append(int(cur.lastrowid))
+                    else:                                      # already stored: the first copy stands
+                        ids.append(int(self._db.execute("SELECT id FROM events WHERE item_id = ? AND ts = ?",
+                                                        (r[1], r[0])).fetchone()[0]))
                 self._retain()
                 self._db.execute("COMMIT")
             except BaseException:

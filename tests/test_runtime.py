@@ -379,6 +379,43 @@ def test_store_reads_decode_each_row_once_and_follow_other_writers(tmp_path):
         assert a.events() == [] and a.count() == 0
 
 
+def test_recording_an_event_again_keeps_one_copy(tmp_path):
+    """An event is (item_id, ts): recorded again (a retry after a crash, a replayed log, the same item
+    twice in one batch) it keeps the first copy and returns that copy's id; another item at the same
+    instant, or the same item later, is a new event."""
+    with UserState(tmp_path / "s.db") as st:
+        first = st.record_many([_ev(1, 100.0), _ev(2, 101.0)])
+        again = st.record_many([_ev(2, 101.0, like=True), _ev(3, 102.0), _ev(3, 102.0)])
+        assert again[0] == first[1] and again[1] == again[2] and again[1] not in first
+        assert st.record(_ev(1, 100.0)) == first[0]
+        assert st.record(_ev(1, 100.5)) not in first and st.record(_ev(4, 100.0)) not in first
+        assert st.count() == 5
+        assert [(e.item_id, e.ts, e.like) for e in st.events()][:3] == [(1, 100.0, False), (4, 100.0, False),
+                                                                     (1, 100.5, False)]
+        assert [e.like for e in st.events() if e.item_id == 2] == [False]         # the first copy stands
+
+
+def test_a_store_written_before_the_event_key_loses_only_its_duplicates(tmp_path):
+    """A store from before recording was idempotent may hold a replayed history twice: opening it keeps
+    each event's first copy (and every other row), then the key holds."""
+    import sqlite3
+
+    from edge_rec.state import SCHEMA
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    rows = [(100.0 + i % 3, i % 3, 5000.0 * (i + 1)) for i in range(7)]          # items 0, 1, 2 recorded 3, 2, 2 times
+    db.executemany("INSERT INTO events (ts, item_id, watch_ms) VALUES (?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    with UserState(path) as st:
+        assert [(e.item_id, e.watch_ms) for e in st.events()] == [(0, 5000.0), (1, 10000.0), (2, 15000.0)]
+        assert st.record(Event(item_id=1, ts=101.0)) == st.record(Event(item_id=1, ts=101.0)) and st.count() == 3
+    with UserState(path) as st:                                                  # a second open changes nothing
+        assert st.count() == 3
+
+
 def test_store_rejects_mistyped_events_and_writes_nothing(tmp_path):
     """An app's Event with a mistyped field is a DataError before the transaction (a batch with one bad
     event writes none of them); 1.5 is never stored as item 1, True never as a time."""
@@ -504,6 +541,10 @@ def test_rerank_cli_checks_the_whole_request_before_recording_history(tiny_run, 
     capsys.readouterr()
     with UserState(db) as st:
         assert st.count() == len(feed["history"])                      # recorded once, by the good request
+    assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "good.json"), "--state", str(db), "--record-history"]) == 0
+    capsys.readouterr()
+    with UserState(db) as st:
+        assert st.count() == len(feed["history"])                      # running it again records nothing twice
 
 
 def test_drift_replay_adapts_faster_with_on_device_history(tiny_run, tmp_path, capsys):
