@@ -206,7 +206,8 @@ class OnnxExporter:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
                 with _quiet():
-                    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+                    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+                                     nodes_to_exclude=_narrow_layers(fp32))
             if ctx.int8_mode != "nncf" or precision != "int8":   # NNCF's QDQ layout is left as NNCF wrote it
                 # constant folding would turn fp16 weights behind their casts back into fp32 ones
                 compact_onnx(out, Path(tmp), optimize=precision != "fp16")
@@ -231,7 +232,8 @@ class OnnxExporter:
         with _quiet():
             q = nncf.quantize(onnx.load(str(src)), nncf.Dataset(ctx.calibration, lambda r: {k: r[k] for k in names}),
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(ctx.calibration),
-                              advanced_parameters=adv)
+                              advanced_parameters=adv,
+                              ignored_scope=nncf.IgnoredScope(names=_narrow_layers(src), validate=False))
         onnx.save(q, str(out))
 
 
@@ -297,6 +299,37 @@ def compact_onnx(path: Path, tmp: Path, optimize: bool = True) -> None:
     m.doc_string, g.doc_string = "", ""
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
+
+
+MIN_INT8_INPUTS = 32
+"""Dynamic int8 leaves a MatMul/Gemm in fp32 when its weight has fewer input rows than this."""
+
+
+def _narrow_layers(onnx_path: Path) -> list[str]:
+    """Names of the MatMul / Gemm nodes whose constant weight has fewer than :data:`MIN_INT8_INPUTS`
+    input features (K): what ``quantize_dynamic`` should leave in fp32.
+
+    Dynamic int8 quantizes a layer's input activations with one scale per call. A narrow layer (the
+    FFN's second matrix after structural pruning, the attention output of one pruned head, the head's
+    last layers: K = 4-16 here) saves at most a few hundred bytes as int8, and its few inputs are where
+    one scale costs the most. Measured with 300-1000 parity requests: the tiny student's int8 ONNX
+    Spearman 0.987 -> 0.993 and NDCG@10 retained 0.991 -> 0.996; the default student's 0.9952 -> 0.9963
+    and 0.9964 -> 0.9972, its file 17.8 -> 19.8 KB."""
+    import onnx
+
+    m = onnx.load(str(onnx_path))
+    shapes = {i.name: tuple(i.dims) for i in m.graph.initializer}
+    out = []
+    for n in m.graph.node:
+        if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2 or n.input[1] not in shapes:
+            continue
+        w = shapes[n.input[1]]
+        if len(w) != 2:
+            continue
+        trans_b = n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+        if (w[1] if trans_b else w[0]) < MIN_INT8_INPUTS:
+            out.append(n.name)
+    return out
 
 
 def to_ort(onnx_path: Path, fixed: bool = False) -> Path:

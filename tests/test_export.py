@@ -153,6 +153,20 @@ def test_golden_outputs_match_every_engine_here(bundle, manifest):
             continue
         assert r["ok"], (key, r)
         assert r["max_abs_err_vs_recorded"] <= 1e-5
+    # each artifact verified here carries its own tolerance: the precision's floor, or 1.5 x the largest
+    # score error its parity check measured when that is larger; verify uses it
+    by_art = manifest["golden"]["tolerance_by_artifact"]
+    assert set(by_art) == {k for k in res if not k.startswith("coreml/")}
+    for key, tol in by_art.items():
+        fmt, prec = key.split("/")
+        parity = manifest["parity"]["onnx" if fmt == "ort" else fmt][prec]["max_abs_err"]
+        assert tol >= max(manifest["golden"]["tolerance"][prec], 1.49 * parity) and res[key]["tolerance_vs_reference"] == tol
+    doctored = json.loads(json.dumps(manifest))
+    doctored["golden"]["tolerance_by_artifact"]["onnx/int8"] = 1e-9
+    assert not check_golden(bundle, doctored, formats=["onnx"])["onnx/int8"]["ok"]
+    del doctored["golden"]["tolerance_by_artifact"]                 # a bundle from before: the precision's
+    assert check_golden(bundle, doctored, formats=["onnx"])["onnx/int8"]["tolerance_vs_reference"] == \
+        manifest["golden"]["tolerance"]["int8"]
     golden = json.loads((bundle / "golden.json").read_text())
     names = [c["name"] for c in golden["cases"]]
     assert any("first5" in n for n in names) and any("missing" in n for n in names)
@@ -190,6 +204,21 @@ def test_impossible_gate_exits_1_listing_every_failure(tiny_run, tmp_path, capsy
         assert tag in err
     # the bundle and its report are still written, whole, for the CI log
     assert verify_bundle(tmp_path / "b") and (tmp_path / "b.zip").is_file()
+
+
+def test_a_bundle_its_own_verify_would_reject_is_a_gate_failure(tiny_run, tmp_path, capsys, monkeypatch):
+    """Export checks the golden requests against each artifact's tolerance before it reports success:
+    with no margin and a floor no engine meets, the fp32 file fails that gate (exit 1, named)."""
+    import edge_rec.export.stage as stage
+
+    monkeypatch.setattr(stage, "GOLDEN_MARGIN", 0.0)
+    monkeypatch.setattr(stage, "GOLDEN_TOL", {"fp32": 1e-12, "fp16": 1e-12, "int8": 1e-12})
+    code = main(["export", "--student", str(tiny_run / "student"), "--data", str(tiny_run / "data"),
+                 "--out", str(tmp_path / "b"), "--formats", "onnx", "--quant", "fp32", "--parity-requests", "30"])
+    err = capsys.readouterr().err
+    assert code == 1 and "onnx/fp32: a golden request's score is" in err and "would reject" in err
+    rep = json.loads((tmp_path / "b" / "export_report.json").read_text())
+    assert rep["golden"]["max_abs_err_vs_reference"]["onnx/fp32"] > rep["golden"]["tolerance"]["onnx/fp32"]
 
 
 def test_unknown_format_lists_the_known_ones(tiny_run, tmp_path, capsys):

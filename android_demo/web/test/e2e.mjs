@@ -74,8 +74,11 @@ try {
     assert(got.item_ids.length === golden.item_ids.length && worst <= 1e-5, `max abs difference ${worst}`);
   });
   if (args.expected) {
-    const expected = JSON.parse(readFileSync(args.expected, "utf8")).policy_on;
+    const all = JSON.parse(readFileSync(args.expected, "utf8"));
     await check("the ranking equals the Python runtime's (policy on)", async () => {
+      // the page runs int8 where it passed its gates, fp32 otherwise: compare with the same file
+      const model = await page.evaluate(() => window.edgeRec.model());
+      const expected = model.includes(".int8.") ? all.policy_on : all.fp32.policy_on;
       const r = await page.evaluate(() => window.edgeRec.ranking());
       assert(JSON.stringify(r.map((x) => x.item_id)) === JSON.stringify(expected.map((x) => x.item_id)), "orders differ");
       const worst = Math.max(...r.map((x, i) => Math.abs(x.final_score - expected[i].final_score)));
