@@ -285,3 +285,32 @@ def test_side_by_side_training_gives_the_same_models(tiny_world, teacher_dir, tm
                 # count) into steps; it cannot change any output (the NDCGs above are equal)
                 continue
             np.testing.assert_allclose(w1[k], w2[k], rtol=1e-5, atol=1e-6, err_msg=f"{sub}: {k}")
+
+
+def test_a_saved_student_from_elsewhere_is_a_clear_error(tmp_path):
+    """A student folder another edge-rec version wrote (an unknown setting), a broken config.json or a
+    truncated weights file is a DataError naming the file and what to do, never a TypeError."""
+    from edge_rec.distill.checkpoint import save_ranker
+    from edge_rec.distill.configs import StudentConfig
+    from edge_rec.distill.distill_stage import load_student
+    from edge_rec.distill.student import Student
+
+    mods = {"visual": 8}
+    student = Student(StudentConfig(modalities=mods, hist_dim=8 + 3, d_model=8, ffn_dim=8, head_hidden=8))
+    save_ranker(student, tmp_path, "student", 5)
+    loaded, meta = load_student(tmp_path)
+    assert meta["hist_len"] == 5 and loaded.config == student.config
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    good = json.dumps(cfg)
+    cfg["config"]["signed_profile"] = True
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="does not know: signed_profile"):
+        load_student(tmp_path)
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_student(tmp_path)
+    (tmp_path / "config.json").write_text(good)
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="does not fit"):
+        load_student(tmp_path)
