@@ -288,8 +288,13 @@ def export_bundle(
         for key, err in golden_errors.items():
             tol = golden["tolerance_by_artifact"][key]
             if err > tol:
-                failures.append(f"{key}: a golden request's score is {err:.3g} off PyTorch fp32, over its tolerance "
-                                f"{tol:.3g}; `edge-rec verify` would reject the bundle")
+                msg = (f"{key}: a golden request's score is {err:.3g} off PyTorch fp32, over its tolerance "
+                       f"{tol:.3g}; `edge-rec verify` would reject the bundle")
+                failures.append(msg)
+                fmt, prec = key.split("/")
+                row = exports.get("onnx" if fmt == "ort" else fmt, {}).get(prec)
+                if row is not None:              # so that the runtime does not pick this file by default
+                    row["gate_failures"].append(msg)
         from edge_rec.distill.feed import request_feed
 
         # the first golden request as raw feed fields: what the app receives; a runtime that builds

@@ -219,6 +219,8 @@ def test_a_bundle_its_own_verify_would_reject_is_a_gate_failure(tiny_run, tmp_pa
     assert code == 1 and "onnx/fp32: a golden request's score is" in err and "would reject" in err
     rep = json.loads((tmp_path / "b" / "export_report.json").read_text())
     assert rep["golden"]["max_abs_err_vs_reference"]["onnx/fp32"] > rep["golden"]["tolerance"]["onnx/fp32"]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["parity"]["onnx"]["fp32"]["passed"] is False            # the runtime will not pick it
 
 
 def test_unknown_format_lists_the_known_ones(tiny_run, tmp_path, capsys):
