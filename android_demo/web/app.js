@@ -14,8 +14,12 @@ async function getJson(url) {
   return r.json();
 }
 
+// fp32 unless the page is opened with ?precision=int8: onnxruntime-web's dynamic int8 kernels do not
+// always reproduce native onnxruntime's numbers (0.2 off in score on a tiny student, 2026-12-01), so
+// the int8 file's golden outputs cannot be promised here; for a page the fp32 file is small anyway.
 function pickModel(m) {
-  for (const prec of ["int8", "fp32"]) {
+  const order = params.get("precision") === "int8" ? ["int8", "fp32"] : ["fp32", "int8"];
+  for (const prec of order) {
     const a = m.artifacts.find((x) => x.format === "onnx" && x.precision === prec);
     if (a && m.parity?.onnx?.[prec]?.passed) return a;
   }
