@@ -76,7 +76,7 @@ try {
   if (args.expected) {
     const all = JSON.parse(readFileSync(args.expected, "utf8"));
     await check("the ranking equals the Python runtime's (policy on)", async () => {
-      // the page runs int8 where it passed its gates, fp32 otherwise: compare with the same file
+      // the page runs fp32 (int8 with ?precision=int8, where it passed its gates): compare with the same file
       const model = await page.evaluate(() => window.edgeRec.model());
       const expected = model.includes(".int8.") ? all.policy_on : all.fp32.policy_on;
       const r = await page.evaluate(() => window.edgeRec.ranking());
