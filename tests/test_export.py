@@ -47,8 +47,9 @@ def test_onnx_and_tflite_files_are_compacted(tiny_run):
         inner = [g.Tensors(i).Name() for i in range(g.TensorsLength()) if i not in io]
         assert inner and all(len(n) <= 3 for n in inner), f.name
     rep = json.loads((tiny_run / "bundle" / "export_report.json").read_text())
-    # tiny student: 0.75 measured (uncompacted ~1.0: the quantizer's annotations outweigh its weights)
-    assert rep["exports"]["onnx"]["int8"]["size_ratio_vs_fp32"] < 0.85
+    # tiny student: 0.85 measured with its narrow layers left fp32 (0.75 with every layer int8);
+    # uncompacted ~1.0: the quantizer's annotations outweigh its weights
+    assert rep["exports"]["onnx"]["int8"]["size_ratio_vs_fp32"] < 0.9
 
 
 def test_every_format_exports_and_passes_parity(tiny_run, manifest):
