@@ -205,13 +205,10 @@ def merge(files: Sequence[str | Path]) -> dict[str, Any]:
     rows, devices = [], []
     from edge_rec.errors import DataError
 
+    from edge_rec.validate import read_json
+
     for f in files:
-        try:
-            b = json.loads(Path(f).read_text())
-        except FileNotFoundError as exc:
-            raise DataError(f"{f} not found; merge takes bench.json files written by `edge-rec bench` or the runner.") from exc
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{f} is not readable JSON ({exc}).") from exc
+        b = read_json(f, "merge input (a bench.json written by `edge-rec bench` or the runner)")
         if not isinstance(b, dict) or not isinstance(b.get("schema_version"), str):
             raise DataError(f"{f} is not a bench.json (no schema_version); merge takes files written by `edge-rec bench`.")
         if b["schema_version"].split(".")[0] != BENCH_SCHEMA_VERSION.split(".")[0]:

@@ -400,13 +400,9 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 
 def _read_json(path: str, what: str) -> dict:
     from edge_rec.errors import DataError
+    from edge_rec.validate import read_json
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"{what}: {path} not found.") from exc
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{what}: {path} is not readable JSON ({exc}).") from exc
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise DataError(f"{what}: {path} must hold a JSON object, got {type(data).__name__}.")
     return data

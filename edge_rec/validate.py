@@ -6,8 +6,10 @@ A JSON client's mistakes (a string where a number belongs, ``1.7`` or ``true`` f
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,3 +57,14 @@ def to_number(v: Any, what: str, default: float | None = None) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise DataError(f"{what} must be a number, got {show(v)}.")
     return float(v)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON in ``path``; a missing file or one that is not JSON is a :class:`DataError` saying
+    ``what`` the file was for."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DataError(f"{what}: {path} not found.") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{what}: {path} is not readable JSON ({exc}).") from exc
