@@ -9,8 +9,11 @@ side by side in one process, interleaved call by call so that the machine's nois
 * ``rerank()`` at a swipe: a feed prepared once (``Reranker.prepare``), then history inputs, engine,
   post-ranking policy (MMR + creator cap + penalties + freshness) and the ranking — with the policy on
   (the default) and off (the model's order);
-* ``rerank()`` at a swipe with the history read from the on-device store (``UserState``, SQLite)
-  holding the same events, as an app calls it;
+* ``rerank()`` at a swipe as an app runs it: the history read from the on-device store
+  (``UserState``, SQLite, filled to its 5,000-event cap: the sample's history after older events),
+  and before each timed call the app records the swipe just made (one event, not timed; every fourth
+  one a skip) and its clock moves 20 s, so the history inputs change at every call and the creator
+  penalty has recent skips to read;
 * ``rerank()`` at a swipe with the policy's window (the top positions MMR and the creator cap shape)
   set to each of ``--windows``: what a smaller window saves;
 * ``rerank()`` on a new page: the same plus checking the raw feed and building its inputs;
@@ -46,6 +49,10 @@ def _times(fn, repeats: int, warmup: int = 50) -> np.ndarray:
         fn()
         out[i] = time.perf_counter() - t
     return out * 1e3
+
+
+def _nothing() -> None:
+    pass
 
 
 def _stats(ms: np.ndarray) -> dict[str, float]:
@@ -119,12 +126,24 @@ def main() -> None:
     # the app's own path: the history comes from the on-device store (SQLite) at every swipe
     import tempfile
 
-    from edge_rec.state import UserState
+    from edge_rec.state import Event, UserState
 
     store_dir = tempfile.TemporaryDirectory()
     store = UserState(Path(store_dir.name) / "state.db")
-    store.record_many(history)
+    first = min(e.ts for e in history)
+    older = [dataclasses.replace(history[j % len(history)], ts=first - 60.0 * (j + 1), skip=j % 5 == 0)
+             for j in range(store.max_events - len(history))]
+    store.record_many(older[::-1] + history)
     store_ctx = {"now": feed["now"]}
+    swipes = [0]
+
+    def app_records_a_swipe() -> None:
+        """What the app does between two reranks (not timed): record the swipe, move the clock."""
+        i = swipes[0] = swipes[0] + 1
+        c = cands[i % len(cands)]
+        store.record(Event(item_id=c.item_id, ts=store_ctx["now"], watch_ms=3000.0, duration_ms=15000.0,
+                           skip=i % 4 == 0, creator_id=c.creator_id, embeddings=c.arrays()))
+        store_ctx["now"] += 20.0
 
     rows = {"rerank_swipe": lambda: rr.rerank(prepared, context=ctx),
             "rerank_swipe_store": lambda: rr.rerank(prepared, context=store_ctx, state=store),
@@ -132,13 +151,16 @@ def main() -> None:
             **{f"rerank_swipe_window_{w}": with_policy(dataclasses.replace(on, window=w)) for w in windows},
             "rerank_new_page": lambda: rr.rerank(cands, context=ctx),
             "engine_call": lambda: rr.score(x)}
+    before = {"rerank_swipe_store": app_records_a_swipe}        # untimed work before a row's call
     # interleaved call by call: the machine's noise (a shared VM here) lands on every row alike
-    for fn in rows.values():
+    for name, fn in rows.items():
         for _ in range(50):
+            before.get(name, _nothing)()
             fn()
     times = {k: np.empty(args.repeats) for k in rows}
     for i in range(args.repeats):
         for name, fn in rows.items():
+            before.get(name, _nothing)()
             t0 = time.perf_counter()
             fn()
             times[name][i] = time.perf_counter() - t0

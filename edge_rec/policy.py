@@ -82,9 +82,17 @@ def apply_policy(policy: PostRankPolicy, score: np.ndarray, fused: np.ndarray | 
         return np.argsort(-score, kind="stable")[:k], np.asarray(score, np.float64).copy()
     codes = creator_codes(creators)
     adj = score.astype(np.float64)                  # a copy
-    for c, s in signals.items():                    # usually empty: no creator was skipped in the last hour
-        adj[codes == int(c)] -= (policy.skip_penalty * s.get("skips", 0.0)
-                                 + policy.negative_penalty * s.get("negative_comments", 0.0))
+    if signals:
+        # one lookup for all penalised creators (a viewer who skips a lot has dozens in the last hour:
+        # a mask per creator cost ~3 numpy calls each)
+        keys = np.fromiter((int(c) for c in signals), np.int64, len(signals))
+        pen = np.fromiter((policy.skip_penalty * s.get("skips", 0.0) + policy.negative_penalty * s.get("negative_comments", 0.0)
+                           for s in signals.values()), np.float64, len(signals))
+        by = np.argsort(keys)
+        keys, pen = keys[by], pen[by]
+        pos = np.minimum(np.searchsorted(keys, codes), len(keys) - 1)
+        hit = keys[pos] == codes
+        adj[hit] -= pen[pos[hit]]
     if policy.freshness_boost:
         adj += policy.freshness_boost * np.exp(np.asarray(ages_h, np.float64) * (-1.0 / policy.freshness_tau_h))
     ranked = np.argsort(-adj, kind="stable")

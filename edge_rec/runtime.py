@@ -325,8 +325,9 @@ class Reranker:
         """``hist_emb`` [L, d_h] (oldest first, most recent last, left-padded), ``hist_weight``,
         ``hist_age`` (log1p hours) and ``context`` from the events strictly before ``now``.
 
-        The embedding rows are rebuilt only when the last L events change (between two swipes they
-        change by at most one); the ages and the context follow the clock at every call."""
+        The embedding rows are rebuilt only when the last L events change; when they moved on by a
+        few events (a swipe adds one), the kept rows are shifted up and only the new ones written. The
+        ages and the context follow the clock at every call."""
         past = [e for e in history if e.ts < now]
         total = len(past) if total is None else total
         last = past[-self.hist_len:]
@@ -334,11 +335,25 @@ class Reranker:
         # identity of the rows: the event and its engagement (an app may update a like in place)
         key = [(e.item_id, e.ts, e.watch_ms, e.duration_ms, e.like, e.skip) for e in last]
         if key != self._hist_key:
-            for k in ("hist_emb", "hist_weight"):
-                h[k][:] = 0
-            off = self.hist_len - len(last)
-            for j, e in enumerate(last):
-                row = h["hist_emb"][off + j]
+            old = self._hist_key or []
+            L, n = self.hist_len, len(last)
+            # rows are right-aligned (left-padded): if the first n - s new events are the last n - s
+            # old ones, their rows move up by s and only the s newest are written
+            s = next((s for s in range(1, min(4, n - 1) + 1)
+                      if n - s <= len(old) and key[:n - s] == old[len(old) - (n - s):]), 0)
+            if s:
+                for k in ("hist_emb", "hist_weight"):
+                    h[k][L - n:L - s] = h[k][L - n + s:]
+                    h[k][:L - n] = 0
+                new_rows = range(L - s, L)
+            else:
+                for k in ("hist_emb", "hist_weight"):
+                    h[k][:] = 0
+                new_rows = range(L - n, L)
+            for j in new_rows:
+                e = last[j - (L - n)]
+                row = h["hist_emb"][j]
+                row[:] = 0
                 o = 0
                 for m, d in self.modalities.items():
                     v = e.embeddings.get(m)
@@ -346,7 +361,7 @@ class Reranker:
                         row[o:o + d] = v
                     o += d
                 row[o:o + 3] = (min(max(e.watch_ratio, 0.0), 1.5), float(e.like), float(e.skip))
-                h["hist_weight"][off + j] = 1.0
+                h["hist_weight"][j] = 1.0
             self._hist_ts = np.array([e.ts for e in last], np.float64)
             self._hist_key = key
         h["hist_age"][:] = 0
@@ -502,9 +517,11 @@ def _event(d: Mapping[str, Any]) -> Event:
 
 
 def _creator_signals(history: Sequence[Event], now: float, window_s: float = 3600.0) -> dict[int, dict[str, float]]:
+    """As :meth:`UserState.creator_signals`, from a request's history."""
     out: dict[int, dict[str, float]] = {}
     for e in history:
-        if e.creator_id is None or not (now - window_s <= e.ts <= now):
+        if e.creator_id is None or not (now - window_s <= e.ts <= now) \
+                or not (e.skip or (e.sentiment is not None and e.sentiment < 0)):
             continue
         s = out.setdefault(int(e.creator_id), {"skips": 0.0, "negative_comments": 0.0})
         s["skips"] += float(e.skip)

@@ -123,6 +123,33 @@ def feed_cands(feed):
     return [Candidate.from_dict(c) for c in feed["candidates"]]
 
 
+def test_history_rows_slide_with_the_swipes_as_a_rebuild_writes_them(rr, bundle, feed):
+    """Between swipes the last L events move on by one: the kept rows are shifted, not rebuilt. Every
+    step of a history that grows, slides by 1-6 events, shrinks, updates a like in place and jumps
+    must give the inputs a rebuild from nothing gives."""
+    hist = [_event(e) for e in feed["history"]]
+    L = rr.hist_len
+    pool = [dataclasses.replace(hist[i % len(hist)], ts=1000.0 + 10.0 * i, like=i % 3 == 0, skip=i % 5 == 0)
+            for i in range(3 * L)]
+    # (first, end) of the events given: growing, sliding by 1-6, a short tail of the same stream (the
+    # rows above it must be cleared), shrinking, one like changed in place, jumps
+    spans = [(0, e) for e in range(0, L + 3)] + [(0, L + 4), (0, L + 5), (0, L + 11), (0, L + 12),
+                                                 (L + 8, L + 13), (L + 8, L + 14), (0, 5), (0, 6), (0, 6),
+                                                 (0, 2 * L), (0, 3 * L)]
+    sliding = Reranker.open(bundle, backend="onnx", precision="fp32")
+    rebuilt = Reranker.open(bundle, backend="onnx", precision="fp32")
+    for step, (first, end) in enumerate(spans):
+        history = pool[first:end]
+        if step == len(spans) - 3:                                          # the same events, one like changed
+            history = history[:-1] + [dataclasses.replace(history[-1], like=not history[-1].like)]
+        now = 1000.0 + 10.0 * end + 1.0
+        got = {k: v.copy() for k, v in sliding.history_inputs(now, history).items()}
+        rebuilt._hist_key = None                                            # forces the full rebuild
+        want = rebuilt.history_inputs(now, history)
+        for k in got:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"step {step} (events {first}:{end}): {k}")
+
+
 def test_ten_thousand_candidates(bundle, feed):
     """Chunked through the biggest bucket (TFLite) and in one call (ONNX): same scores."""
     rng = np.random.default_rng(0)
@@ -317,7 +344,9 @@ def test_policy_matches_a_plain_python_reference():
         fused = rng.normal(size=(n, 6)).astype(np.float32) if trial % 4 else None
         creators = [None if rng.random() < 0.1 else int(c) for c in rng.integers(0, n // 4 + 1, n)]
         ages = rng.uniform(0, 100, n)
-        signals = {int(c): {"skips": 1.0, "negative_comments": float(rng.integers(0, 2))} for c in rng.integers(0, 10, 2)}
+        # none, a few, or more penalised creators than the feed has (some not in it at all)
+        signals = {int(c): {"skips": float(rng.integers(0, 4)), "negative_comments": float(rng.integers(0, 2))}
+                   for c in rng.integers(0, 40, int(rng.integers(0, 25)))}
         pol = PostRankPolicy(mmr_lambda=float(rng.choice([0.5, 0.8, 1.0])), max_per_creator=[None, 1, 2][trial % 3],
                              window=int(rng.choice([1, 5, 20])))
         k = None if trial % 5 else int(rng.integers(0, n + 1))
@@ -356,22 +385,59 @@ def test_store_round_trip_retention_forget_export(tmp_path):
     assert files and not any(trace in p.read_bytes() for p in files)    # forget() leaves no trace on disk
 
 
+def test_store_signals_match_the_history_and_retention_keeps_the_newest(tmp_path):
+    """The store's creator signals (read through its covering index) are what the same events give as
+    a request's history; retention at the cap keeps the newest events by time even when they arrive
+    out of order, and an old store gains the index when opened."""
+    from edge_rec.runtime import _creator_signals
+
+    rng = np.random.default_rng(3)
+    path = tmp_path / "s.db"
+    events = [Event(item_id=i, ts=float(rng.uniform(0, 7200)), creator_id=None if i % 7 == 0 else int(rng.integers(0, 5)),
+                    skip=bool(rng.random() < 0.3), sentiment=None if rng.random() < 0.6 else float(rng.uniform(-1, 1)))
+              for i in range(300)]
+    with UserState(path, max_events=120) as st:
+        for c0 in range(0, 300, 50):                       # several transactions, times shuffled
+            st.record_many(events[c0:c0 + 50])
+        kept = sorted(events, key=lambda e: e.ts)[-120:]
+        assert [e.item_id for e in st.events()] == [e.item_id for e in kept]
+        for now in (3600.0, 5000.0, 7200.0, 9000.0):
+            got = st.creator_signals(now)
+            assert got == _creator_signals(kept, now), now
+            assert bool(got) == (now > kept[0].ts), now          # the first hour is before what retention kept
+            assert all(v["skips"] + v["negative_comments"] > 0 for v in got.values())
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX events_recent")
+    db.commit()
+    db.close()
+    with UserState(path) as st:
+        plan = st._db.execute("EXPLAIN QUERY PLAN SELECT creator_id, skip, sentiment FROM events WHERE ts >= 0 AND ts <= 1 "
+                              "AND (skip = 1 OR sentiment < 0) AND creator_id IS NOT NULL").fetchall()
+        assert "COVERING INDEX events_recent" in str(plan)
+        assert st.creator_signals(7200.0) == _creator_signals(kept, 7200.0)
+
+
 def test_store_reads_decode_each_row_once_and_follow_other_writers(tmp_path):
     """events() keeps decoded rows by id (a swipe re-reads the last L events, at most one of them new),
     yet what it returns follows the file: another connection's record and forget() show at once, and
-    changing a returned event changes nothing for the next caller."""
+    changing a returned event changes nothing for the next caller. The writer keeps what it wrote
+    decoded (the app records a swipe, then reranks): the same events a reader of the rows gets."""
     path = tmp_path / "s.db"
     with UserState(path) as a, UserState(path) as b:
-        a.record_many(_ev(i, 100.0 + i) for i in range(5))
+        a.record_many(_ev(i, 100.0 + i, sentiment=-0.5 if i == 1 else None, skip=i == 3) for i in range(5))
+        a.record(Event(item_id=50, ts=50.0, creator_id=7, embeddings={"visual": np.full(4, 0.1, np.float32)}))
+        assert len(a._decoded) == 6 and not b._decoded
+        assert a.export()["events"] == b.export()["events"] and len(b._decoded) == 6   # written = read back
+        assert a.events()[0].embeddings["visual"][0] == np.float32(np.float16(0.1))    # stored as float16
         first = a.events(limit=3)
-        assert [e.item_id for e in first] == [2, 3, 4] and len(a._decoded) == 3
+        assert [e.item_id for e in first] == [2, 3, 4] and len(a._decoded) == 6
         first[0].like = True
         first[0].embeddings["visual"] = np.zeros(4, np.float32)
         with pytest.raises(ValueError):
             first[1].embeddings["visual"][0] = 7.0               # the shared arrays are read-only
         b.record(_ev(9, 200.0))                                  # another writer
         again = a.events(limit=3)
-        assert [e.item_id for e in again] == [3, 4, 9] and len(a._decoded) == 4   # only the new row decoded
+        assert [e.item_id for e in again] == [3, 4, 9] and len(a._decoded) == 7   # only the new row decoded
         assert [e.item_id for e in a.events(limit=3, before=150.0)] == [2, 3, 4]
         assert a.events(limit=3, before=150.0)[0].like is False
         assert a.events(limit=3, before=150.0)[0].embeddings["visual"].tolist() == [2.0] * 4
