@@ -149,12 +149,14 @@ def test_rerank_latency_benchmark_reports_every_row_and_its_ratios(tiny_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads((tiny_run / "rerank_latency.json").read_text())
     rows = ("rerank_swipe", "rerank_swipe_store", "rerank_swipe_policy_off", "rerank_swipe_window_5", "rerank_swipe_window_10",
-            "rerank_new_page", "engine_call", "teacher_pytorch_fp32", "teacher_large_preset_pytorch_fp32")
+            "rerank_new_page", "engine_call", "engine_call_after_a_write", "teacher_pytorch_fp32",
+            "teacher_large_preset_pytorch_fp32")
     for row in rows:
         assert 0 < r[row]["p50_ms"] <= r[row]["p99_ms"], row
     e = r["engine_call"]["p50_ms"]
     assert r["wrapper_overhead"] == pytest.approx((r["rerank_swipe"]["p50_ms"] - e) / e)
-    assert r["wrapper_overhead_with_store"] == pytest.approx((r["rerank_swipe_store"]["p50_ms"] - e) / e)
+    ew = r["engine_call_after_a_write"]["p50_ms"]            # the app loop is timed against its own engine row
+    assert r["wrapper_overhead_with_store"] == pytest.approx((r["rerank_swipe_store"]["p50_ms"] - ew) / ew)
     assert r["wrapper_overhead_by_window"]["5"] == pytest.approx((r["rerank_swipe_window_5"]["p50_ms"] - e) / e)
     assert r["default_policy_window"] == 20 and r["candidates"] == 40
     assert r["met"]["teacher_slower_20x"] == (r["teacher_pytorch_fp32"]["p50_ms"] / r["rerank_swipe"]["p50_ms"] >= 20)
