@@ -31,8 +31,9 @@ class EventCodecTest {
 
     @Test
     fun aRowThatDisagreesWithItsNamesIsAClearError() {
-        val (names, blob) = EventCodec.encode(mapOf("visual" to FloatArray(4), "audio" to FloatArray(2)))
-        val short = expectThrows<IllegalArgumentException> { EventCodec.decode(names, blob!!.copyOf(20)) }
+        val (names, stored) = EventCodec.encode(mapOf("visual" to FloatArray(4), "audio" to FloatArray(2)))
+        val blob = stored!!
+        val short = expectThrows<IllegalArgumentException> { EventCodec.decode(names, blob.copyOf(20)) }
         assertTrue("need 24 bytes, the row holds 20" in short.message!!, short.message)
         val odd = expectThrows<IllegalArgumentException> { EventCodec.decode(names, blob.copyOf(22)) }
         assertTrue("not a whole number of floats" in odd.message!!, odd.message)
