@@ -24,7 +24,7 @@ from edge_rec.bundle import verify_bundle
 from edge_rec.engines import open_manifest_group
 from edge_rec.errors import BundleError, ConfigError, DataError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
-from edge_rec.state import Event, UserState, _check_event
+from edge_rec.state import Event, UserState, _check_event, sum_signals
 from edge_rec.validate import checked_id, show, to_id, to_number
 
 # engine preference for backend="auto": the lightest runtime that needs no torch comes first
@@ -518,12 +518,6 @@ def _event(d: Mapping[str, Any]) -> Event:
 
 def _creator_signals(history: Sequence[Event], now: float, window_s: float = 3600.0) -> dict[int, dict[str, float]]:
     """As :meth:`UserState.creator_signals`, from a request's history."""
-    out: dict[int, dict[str, float]] = {}
-    for e in history:
-        if e.creator_id is None or not (now - window_s <= e.ts <= now) \
-                or not (e.skip or (e.sentiment is not None and e.sentiment < 0)):
-            continue
-        s = out.setdefault(int(e.creator_id), {"skips": 0.0, "negative_comments": 0.0})
-        s["skips"] += float(e.skip)
-        s["negative_comments"] += float(e.sentiment is not None and e.sentiment < 0)
-    return out
+    return sum_signals((e.creator_id, e.skip, e.sentiment) for e in history
+                       if e.creator_id is not None and now - window_s <= e.ts <= now
+                       and (e.skip or (e.sentiment is not None and e.sentiment < 0)))

@@ -124,6 +124,17 @@ def _stored_event(row: tuple[Any, ...], emb16: Mapping[str, np.ndarray]) -> Even
                  share=bool(sh), creator_id=creator, sentiment=sent, embeddings=embs)
 
 
+def sum_signals(rows: Iterable[tuple[int, Any, float | None]]) -> dict[int, dict[str, float]]:
+    """``{creator_id: {"skips", "negative_comments"}}`` from (creator_id, skip, sentiment) of the
+    events in a window that were skipped or disliked (the store's rows, or a request's history)."""
+    out: dict[int, dict[str, float]] = {}
+    for c, sk, sent in rows:
+        s = out.setdefault(int(c), {"skips": 0.0, "negative_comments": 0.0})
+        s["skips"] += float(sk)
+        s["negative_comments"] += float(sent is not None and sent < 0)
+    return out
+
+
 class UserState:
     """A viewer's local behaviour store. Open one per process (or thread); all of them may write."""
 
@@ -178,22 +189,23 @@ class UserState:
         events = list(events)
         for e in events:
             _check_event(e)
+        emb16 = [{m: np.asarray(v, np.float16) for m, v in e.embeddings.items()} for e in events]
         rows = [(float(e.ts), to_id(e.item_id, "item_id"), None if e.creator_id is None else to_id(e.creator_id, "creator_id"),
                  float(e.watch_ms), float(e.duration_ms), int(bool(e.finish)), int(bool(e.skip)), int(bool(e.like)), int(bool(e.share)),
                  None if e.sentiment is None else float(e.sentiment),
-                 json.dumps({m: np.asarray(v, np.float16).tobytes().hex() for m, v in e.embeddings.items()}))
-                for e in events]
+                 json.dumps({m: v.tobytes().hex() for m, v in em.items()}))
+                for e, em in zip(events, emb16)]
         ids, inserted = [], []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for e, r in zip(events, rows):
+                for em, r in zip(emb16, rows):
                     cur = self._db.execute(
                         "INSERT INTO events (ts, item_id, creator_id, watch_ms, duration_ms, finish, skip, like, share, "
                         "sentiment, emb) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (item_id, ts) DO NOTHING", r)
                     if cur.rowcount == 1:
                         ids.append(int(cur.lastrowid))
-                        inserted.append((ids[-1], r, e))
+                        inserted.append((ids[-1], r, em))
                     else:                                      # already stored: the first copy stands
                         ids.append(int(self._db.execute("SELECT id FROM events WHERE item_id = ? AND ts = ?",
                                                         (r[1], r[0])).fetchone()[0]))
@@ -204,8 +216,8 @@ class UserState:
                 raise
             # the app records a swipe and reranks at once: what was just written is known already, so
             # the next read finds it decoded (the same values a read of the row gives: float16 rounded)
-            for rid, r, e in inserted[-64:]:               # a bulk import is read (and decoded) when asked
-                self._decoded[rid] = _stored_event(r, {m: np.asarray(v, np.float16) for m, v in e.embeddings.items()})
+            for rid, r, em in inserted[-64:]:              # a bulk import is read (and decoded) when asked
+                self._decoded[rid] = _stored_event(r, em)
             if len(self._decoded) > self.max_events + 1024:  # bounded even for a writer that never reads
                 self._decoded = dict(sorted(self._decoded.items())[-self.max_events:])
         return ids
@@ -276,12 +288,8 @@ class UserState:
             rows = self._db.execute(
                 "SELECT creator_id, skip, sentiment FROM events WHERE ts >= ? AND ts <= ? "
                 "AND (skip = 1 OR sentiment < 0) AND creator_id IS NOT NULL", (now - window_s, now)).fetchall()
-        out: dict[int, dict[str, float]] = {}
-        for c, sk, sent in rows:
-            s = out.setdefault(int(c), {"skips": 0.0, "negative_comments": 0.0})
-            s["skips"] += float(sk)
-            s["negative_comments"] += float(sent is not None and sent < 0)
-        return out
+        return sum_signals(rows)
+
 
     def profile(self, modalities: Mapping[str, int], now: float, half_life_h: float = 72.0) -> dict[str, np.ndarray]:
         """Long-term interest: per modality, the recency-decayed mean embedding of engaged items
