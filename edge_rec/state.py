@@ -290,7 +290,6 @@ class UserState:
                 "AND (skip = 1 OR sentiment < 0) AND creator_id IS NOT NULL", (now - window_s, now)).fetchall()
         return sum_signals(rows)
 
-
     def profile(self, modalities: Mapping[str, int], now: float, half_life_h: float = 72.0) -> dict[str, np.ndarray]:
         """Long-term interest: per modality, the recency-decayed mean embedding of engaged items
         (weight = 2^(-age / half_life) x (watch ratio + like + share - skip), floored at 0)."""
