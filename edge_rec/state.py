@@ -128,10 +128,14 @@ def sum_signals(rows: Iterable[tuple[int, Any, float | None]]) -> dict[int, dict
     """``{creator_id: {"skips", "negative_comments"}}`` from (creator_id, skip, sentiment) of the
     events in a window that were skipped or disliked (the store's rows, or a request's history)."""
     out: dict[int, dict[str, float]] = {}
-    for c, sk, sent in rows:
-        s = out.setdefault(int(c), {"skips": 0.0, "negative_comments": 0.0})
-        s["skips"] += float(sk)
-        s["negative_comments"] += float(sent is not None and sent < 0)
+    for c, sk, sent in rows:            # per swipe over every such event of the last hour: no dict built per row
+        s = out.get(c)
+        if s is None:
+            s = out[int(c)] = {"skips": 0.0, "negative_comments": 0.0}
+        if sk:
+            s["skips"] += 1.0
+        if sent is not None and sent < 0:
+            s["negative_comments"] += 1.0
     return out
 
 

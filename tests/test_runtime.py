@@ -404,6 +404,14 @@ def test_store_signals_match_the_history_and_retention_keeps_the_newest(tmp_path
         for now in (3600.0, 5000.0, 7200.0, 9000.0):
             got = st.creator_signals(now)
             assert got == _creator_signals(kept, now), now
+            expected: dict[int, dict[str, float]] = {}     # counted here, apart from the shared summation
+            for e in kept:
+                neg = e.sentiment is not None and e.sentiment < 0
+                if e.creator_id is not None and now - 3600.0 <= e.ts <= now and (e.skip or neg):
+                    d = expected.setdefault(e.creator_id, {"skips": 0.0, "negative_comments": 0.0})
+                    d["skips"] += e.skip
+                    d["negative_comments"] += neg
+            assert got == expected, now
             assert bool(got) == (now > kept[0].ts), now          # the first hour is before what retention kept
             assert all(v["skips"] + v["negative_comments"] > 0 for v in got.values())
     db = sqlite3.connect(path)
