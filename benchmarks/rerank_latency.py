@@ -11,11 +11,12 @@ side by side in one process, interleaved call by call so that the machine's nois
   (the default) and off (the model's order);
 * the app loop, in a phase of its own: ``rerank()`` at a swipe with the history read from the on-device store
   (``UserState``, SQLite, filled to its 5,000-event cap: the sample's history after older events),
-  and before each timed call the app records the swipe just made (one event, not timed; every fourth
-  one a skip) and its clock moves 20 s, so the history inputs change at every call and the creator
-  penalty has recent skips to read; timed with the bare engine call after the same write (a
-  committed write, an fsync, slows what runs right after it: interleaved with the other rows it
-  made every one of them ~1.5x slower);
+  and before each timed call the app records the swipe just made (one event, timed on its own row;
+  every fourth one a skip) and its clock moves 20 s, so the history inputs change at every call and
+  the creator penalty has recent skips to read; timed with the bare engine call after the same write
+  (a committed write, an fsync, slows what runs right after it: interleaved with the other rows it
+  made every one of them ~1.5x slower). Then the same loop, in a phase of its own, on a store opened
+  with ``durability="normal"`` (no fsync per commit; a killed process still loses nothing);
 * ``rerank()`` at a swipe with the policy's window (the top positions MMR and the creator cap shape)
   set to each of ``--windows``: what a smaller window saves;
 * ``rerank()`` on a new page: the same plus checking the raw feed and building its inputs;
@@ -131,25 +132,34 @@ def main() -> None:
     from edge_rec.state import Event, UserState
 
     store_dir = tempfile.TemporaryDirectory()
-    store = UserState(Path(store_dir.name) / "state.db")
     first = min(e.ts for e in history)
-    older = [dataclasses.replace(history[j % len(history)], ts=first - 60.0 * (j + 1), skip=j % 5 == 0)
-             for j in range(store.max_events - len(history))]
-    store.record_many(older[::-1] + history)
-    store_ctx = {"now": feed["now"]}
-    swipes = [0]
-    # its own reranker, as the app has: the other rows' fixed history would otherwise evict its
-    # cached history rows at every call (and it theirs)
-    app_rr = Reranker.open(run / "bundle", backend="onnx", precision="int8", threads=args.threads)
-    app_feed = app_rr.prepare(cands)
 
-    def app_records_a_swipe() -> None:
-        """What the app does between two reranks (not timed): record the swipe, move the clock."""
-        i = swipes[0] = swipes[0] + 1
-        c = cands[i % len(cands)]
-        store.record(Event(item_id=c.item_id, ts=store_ctx["now"], watch_ms=3000.0, duration_ms=15000.0,
-                           skip=i % 4 == 0, creator_id=c.creator_id, embeddings=c.arrays()))
-        store_ctx["now"] += 20.0
+    class App:
+        """One app: its store (at its cap: the sample's history after older events), with the given
+        durability, and its own reranker (a shared one's cached history rows would be evicted by the
+        other rows' fixed history at every call)."""
+
+        def __init__(self, durability: str) -> None:
+            self.store = UserState(Path(store_dir.name) / f"state_{durability}.db", durability=durability)
+            older = [dataclasses.replace(history[j % len(history)], ts=first - 60.0 * (j + 1), skip=j % 5 == 0)
+                     for j in range(self.store.max_events - len(history))]
+            self.store.record_many(older[::-1] + history)
+            self.ctx = {"now": feed["now"]}
+            self.swipes = 0
+            self.record_ms: list[float] = []
+            self.rr = Reranker.open(run / "bundle", backend="onnx", precision="int8", threads=args.threads)
+            self.feed = self.rr.prepare(cands)
+            self.x = {k: v.copy() for k, v in self.rr.features(self.feed, feed["now"], history, feed["history_total"]).items()}
+
+        def records_a_swipe(self) -> None:
+            """What the app does between two reranks: record the swipe (its own time is kept apart), move the clock."""
+            self.swipes += 1
+            c = cands[self.swipes % len(cands)]
+            t0 = time.perf_counter()
+            self.store.record(Event(item_id=c.item_id, ts=self.ctx["now"], watch_ms=3000.0, duration_ms=15000.0,
+                                    skip=self.swipes % 4 == 0, creator_id=c.creator_id, embeddings=c.arrays()))
+            self.record_ms.append((time.perf_counter() - t0) * 1e3)
+            self.ctx["now"] += 20.0
 
     rows = {"rerank_swipe": lambda: rr.rerank(prepared, context=ctx),
             "rerank_swipe_policy_off": with_policy(off),
@@ -159,11 +169,14 @@ def main() -> None:
     # The app loop in a phase of its own: a committed write (an fsync) slows whatever runs after it
     # (measured: every interleaved row ~1.5x), so its rows are timed under the same conditions, the
     # swipe from the store and then the bare engine call, after each recorded event.
-    app_x = {k: v.copy() for k, v in app_rr.features(app_feed, feed["now"], history, feed["history_total"]).items()}
-    app_rows = {"rerank_swipe_store": lambda: app_rr.rerank(app_feed, context=store_ctx, state=store),
-                "engine_call_after_a_write": lambda: app_rr.score(app_x)}
+    full, normal = App("full"), App("normal")
+    app_rows = {"rerank_swipe_store": lambda: full.rr.rerank(full.feed, context=full.ctx, state=full.store),
+                "engine_call_after_a_write": lambda: full.rr.score(full.x)}
+    # the same loop on a store that skips the fsync of each commit (durability="normal")
+    normal_rows = {"rerank_swipe_store_normal": lambda: normal.rr.rerank(normal.feed, context=normal.ctx, state=normal.store),
+                   "engine_call_after_a_normal_write": lambda: normal.rr.score(normal.x)}
     times = {}
-    for phase, before in ((rows, _nothing), (app_rows, app_records_a_swipe)):
+    for phase, before in ((rows, _nothing), (app_rows, full.records_a_swipe), (normal_rows, normal.records_a_swipe)):
         # interleaved call by call: the machine's noise (a shared VM here) lands on every row alike
         for _ in range(50):
             before()
@@ -178,6 +191,8 @@ def main() -> None:
                 t[name][i] = time.perf_counter() - t0
         times.update(t)
     stats = {k: _stats(v * 1e3) for k, v in times.items()}
+    for app, name in ((full, "record_event"), (normal, "record_event_normal")):
+        stats[name] = _stats(np.asarray(app.record_ms[50:]))          # the timed loop's records, warm-up left out
     stats["teacher_pytorch_fp32"] = _stats(_times(teacher_call, max(50, args.repeats // 10), warmup=10))
     from edge_rec.distill.models import count_params
     from edge_rec.distill.teacher_stage import teacher_configs
@@ -200,6 +215,10 @@ def main() -> None:
         "wrapper_overhead_policy_off": (stats["rerank_swipe_policy_off"]["p50_ms"] - e["p50_ms"]) / e["p50_ms"],
         "wrapper_overhead_with_store": (stats["rerank_swipe_store"]["p50_ms"] - stats["engine_call_after_a_write"]["p50_ms"])
                                        / stats["engine_call_after_a_write"]["p50_ms"],
+        "wrapper_overhead_with_store_normal": (stats["rerank_swipe_store_normal"]["p50_ms"]
+                                               - stats["engine_call_after_a_normal_write"]["p50_ms"])
+                                              / stats["engine_call_after_a_normal_write"]["p50_ms"],
+        "record_full_over_normal_p50": stats["record_event"]["p50_ms"] / stats["record_event_normal"]["p50_ms"],
         "default_policy_window": on.window,
         "wrapper_overhead_by_window": {w: (stats[f"rerank_swipe_window_{w}"]["p50_ms"] - e["p50_ms"]) / e["p50_ms"]
                                        for w in windows},
@@ -220,20 +239,27 @@ def main() -> None:
               **{f"rerank_swipe_window_{w}": f"  same, window {w}" for w in windows},
               "rerank_new_page": "rerank() new page", "engine_call": "engine call", "teacher_pytorch_fp32": "teacher (torch fp32)",
               "teacher_large_preset_pytorch_fp32": "large-preset teacher",
-              "rerank_swipe_store": "app loop: record, then rerank() from the store",
-              "engine_call_after_a_write": "  engine call after the same write"}
+              "record_event": "app loop: record a swipe (durability full)",
+              "rerank_swipe_store": "  then rerank() from the store",
+              "engine_call_after_a_write": "  engine call after the same write",
+              "record_event_normal": "app loop: record a swipe (durability normal)",
+              "rerank_swipe_store_normal": "  then rerank() from the store",
+              "engine_call_after_a_normal_write": "  engine call after the same write"}
     for name, label in labels.items():
         s = stats[name]
         print(f"  {label:<46} p50 {s['p50_ms']:8.3f} ms   p99 {s['p99_ms']:8.3f} ms   (n={s['n']})")
     print(f"  wrapper overhead {report['wrapper_overhead']:.1%} of the engine p50 (policy off: "
           f"{report['wrapper_overhead_policy_off']:.1%}; the app loop, against the engine after the same write: "
-          f"{report['wrapper_overhead_with_store']:.1%}); "
+          f"{report['wrapper_overhead_with_store']:.1%}, {report['wrapper_overhead_with_store_normal']:.1%} with durability "
+          f"normal); "
           f"teacher / rerank p50 {report['teacher_over_rerank_p50']:.1f}x")
     if windows:
         print(f"  wrapper overhead by policy window (default {on.window}): "
               + ", ".join(f"{w}: {v:.1%}" for w, v in report["wrapper_overhead_by_window"].items()))
     print(f"  (for scale: the large preset's teacher architecture, {report['large_preset_teacher_params']:,} params, "
           f"is {report['large_preset_teacher_over_rerank_p50']:.0f}x rerank p50; not the teacher of this run)")
+    print(f"  a record with durability full (an fsync per commit) costs {report['record_full_over_normal_p50']:.1f}x "
+          "one with durability normal")
     print(f"  targets met: {report['met']}")
 
 

@@ -150,13 +150,18 @@ def test_rerank_latency_benchmark_reports_every_row_and_its_ratios(tiny_run):
     r = json.loads((tiny_run / "rerank_latency.json").read_text())
     rows = ("rerank_swipe", "rerank_swipe_store", "rerank_swipe_policy_off", "rerank_swipe_window_5", "rerank_swipe_window_10",
             "rerank_new_page", "engine_call", "engine_call_after_a_write", "teacher_pytorch_fp32",
-            "teacher_large_preset_pytorch_fp32")
+            "teacher_large_preset_pytorch_fp32", "record_event", "record_event_normal", "rerank_swipe_store_normal",
+            "engine_call_after_a_normal_write")
     for row in rows:
         assert 0 < r[row]["p50_ms"] <= r[row]["p99_ms"], row
+    assert r["record_event"]["n"] == r["record_event_normal"]["n"] == 30     # the timed loop's records only
     e = r["engine_call"]["p50_ms"]
     assert r["wrapper_overhead"] == pytest.approx((r["rerank_swipe"]["p50_ms"] - e) / e)
     ew = r["engine_call_after_a_write"]["p50_ms"]            # the app loop is timed against its own engine row
     assert r["wrapper_overhead_with_store"] == pytest.approx((r["rerank_swipe_store"]["p50_ms"] - ew) / ew)
+    en = r["engine_call_after_a_normal_write"]["p50_ms"]
+    assert r["wrapper_overhead_with_store_normal"] == pytest.approx((r["rerank_swipe_store_normal"]["p50_ms"] - en) / en)
+    assert r["record_full_over_normal_p50"] == pytest.approx(r["record_event"]["p50_ms"] / r["record_event_normal"]["p50_ms"])
     assert r["wrapper_overhead_by_window"]["5"] == pytest.approx((r["rerank_swipe_window_5"]["p50_ms"] - e) / e)
     assert r["default_policy_window"] == 20 and r["candidates"] == 40
     assert r["met"]["teacher_slower_20x"] == (r["teacher_pytorch_fp32"]["p50_ms"] / r["rerank_swipe"]["p50_ms"] >= 20)

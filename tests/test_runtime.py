@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edge_rec.cli import main
-from edge_rec.errors import BundleError, DataError, EdgeRecError
+from edge_rec.errors import BundleError, ConfigError, DataError, EdgeRecError
 from edge_rec.policy import PostRankPolicy, apply_policy
 from edge_rec.runtime import Candidate, Reranker, _event
 from edge_rec.state import Event, UserState
@@ -238,8 +238,6 @@ def test_bad_input_gets_typed_errors(rr, feed):
 def test_bad_settings_are_config_errors(bundle, rr, feed):
     """Settings that would silently mean something else (threads=0 is 'all cores' to onnxruntime,
     k=-1 an empty ranking, k=2.5 two items) or crash later (a freshness time constant of 0) fail at once."""
-    from edge_rec.errors import ConfigError
-
     for kw, msg in ((dict(mmr_lambda=2.0), "mmr_lambda"), (dict(window=-1), "window"), (dict(max_per_creator=0), "max_per_creator"),
                     (dict(freshness_tau_h=0), "freshness_tau_h"), (dict(skip_penalty=float("nan")), "skip_penalty")):
         with pytest.raises(ConfigError, match=msg):
@@ -534,7 +532,7 @@ def test_concurrent_writers_lose_nothing(tmp_path):
 CRASH_WRITER = """
 import sys, numpy as np
 from edge_rec.state import Event, UserState
-st = UserState(sys.argv[1], max_events=100000)
+st = UserState(sys.argv[1], max_events=100000, durability=sys.argv[2])
 i = 0
 while True:
     st.record(Event(item_id=i, ts=float(i), watch_ms=1.0, duration_ms=2.0, embeddings={"visual": np.ones(64, np.float32)}))
@@ -543,9 +541,12 @@ while True:
 """
 
 
-def test_killed_writer_keeps_every_committed_event(tmp_path):
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_killed_writer_keeps_every_committed_event(tmp_path, durability):
+    """Either durability keeps every acknowledged event when the writing process is killed ("normal"
+    leaves only a power cut or an OS crash able to take the last commits)."""
     path = tmp_path / "state.db"
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(path), durability], stdout=subprocess.PIPE, text=True)
     committed = -1
     deadline = time.time() + 60
     while committed < 300 and time.time() < deadline:
@@ -559,6 +560,19 @@ def test_killed_writer_keeps_every_committed_event(tmp_path):
     with UserState(path) as st:
         ids = [e.item_id for e in st.events()]
     assert ids[: committed + 1] == list(range(committed + 1))            # every acknowledged event is there
+
+
+def test_durability_sets_sqlite_synchronous_and_a_bad_one_writes_nothing(tmp_path):
+    for durability, level in (("full", 2), ("normal", 1)):        # SQLite: 1 NORMAL, 2 FULL
+        with UserState(tmp_path / f"{durability}.db", durability=durability) as st:
+            assert st._db.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert st._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            st.record(Event(item_id=1, ts=1.0))
+        with UserState(tmp_path / f"{durability}.db") as st:        # reopened with the default: the events are there
+            assert [e.item_id for e in st.events()] == [1]
+    with pytest.raises(ConfigError, match="durability='off'.*'full'.*'normal'"):
+        UserState(tmp_path / "new" / "x.db", durability="off")
+    assert not (tmp_path / "new").exists()
 
 
 def test_corrupt_store_is_a_clear_error(tmp_path):
