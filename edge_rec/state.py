@@ -9,9 +9,9 @@ Safety: every ``record`` is one transaction. With ``durability="full"`` (the def
 ``synchronous=FULL``) a committed event survives a killed process or a power cut; each commit waits
 for an fsync. With ``durability="normal"`` (WAL + ``synchronous=NORMAL``) a committed event survives a
 killed process or a crashed app, and a power cut or an OS crash can lose only the last commits, never
-corrupt the store; a record skips its fsync (``benchmarks/rerank_latency.py``'s app loop on a 2-core
-VM disk: record p50 0.77 -> 0.27 ms, the rerank right after it 1.43 -> 1.19 ms; fewer fsyncs come
-back when the WAL is checkpointed). Concurrent writers from several threads or processes are serialised
+corrupt the store; a record skips its fsync, and fewer fsyncs come back when the WAL is
+checkpointed (what that saves on a machine: ``benchmarks/rerank_latency.py``'s app loop runs both;
+the README has the figures). Concurrent writers from several threads or processes are serialised
 by SQLite's lock with a busy timeout; recording is idempotent (an event is the item shown at an
 instant: the same ``(item_id, ts)`` recorded again, by a retry after a crash or a replayed log, keeps
 the first copy and returns its id); retention is bounded (``max_events``, ``max_age_days``);
