@@ -21,7 +21,7 @@ from edge_rec.cli import main
 from edge_rec.errors import BundleError, ConfigError, DataError, EdgeRecError
 from edge_rec.policy import PostRankPolicy, apply_policy
 from edge_rec.runtime import Candidate, Reranker, _event
-from edge_rec.state import Event, UserState
+from edge_rec.state import SIGNALS_QUERY, Event, UserState
 
 
 @pytest.fixture(scope="module")
@@ -412,14 +412,17 @@ def test_store_signals_match_the_history_and_retention_keeps_the_newest(tmp_path
             assert got == expected, now
             assert bool(got) == (now > kept[0].ts), now          # the first hour is before what retention kept
             assert all(v["skips"] + v["negative_comments"] > 0 for v in got.values())
+    # a store written before the partial index: it had a full covering index instead (or none)
     db = sqlite3.connect(path)
-    db.execute("DROP INDEX events_recent")
+    db.execute("DROP INDEX events_signals")
+    db.execute("CREATE INDEX events_recent ON events(ts, skip, sentiment, creator_id)")
     db.commit()
     db.close()
     with UserState(path) as st:
-        plan = st._db.execute("EXPLAIN QUERY PLAN SELECT creator_id, skip, sentiment FROM events WHERE ts >= 0 AND ts <= 1 "
-                              "AND (skip = 1 OR sentiment < 0) AND creator_id IS NOT NULL").fetchall()
-        assert "COVERING INDEX events_recent" in str(plan)
+        indexes = {r[0] for r in st._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "events_signals" in indexes and "events_recent" not in indexes
+        plan = st._db.execute("EXPLAIN QUERY PLAN " + SIGNALS_QUERY, (0.0, 1.0)).fetchall()
+        assert "COVERING INDEX events_signals" in str(plan)
         assert st.creator_signals(7200.0) == _creator_signals(kept, 7200.0)
 
 
