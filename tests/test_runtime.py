@@ -412,7 +412,7 @@ def test_store_signals_match_the_history_and_retention_keeps_the_newest(tmp_path
             assert got == expected, now
             assert bool(got) == (now > kept[0].ts), now          # the first hour is before what retention kept
             assert all(v["skips"] + v["negative_comments"] > 0 for v in got.values())
-    # a store written before the partial index: it had a full covering index instead (or none)
+    # a store written before the partial index, with the full covering index it had instead
     db = sqlite3.connect(path)
     db.execute("DROP INDEX events_signals")
     db.execute("CREATE INDEX events_recent ON events(ts, skip, sentiment, creator_id)")
