@@ -309,8 +309,8 @@ class UserState:
         penalty): ``{creator_id: {"skips", "negative_comments"}}``, only creators with at least one.
 
         Read at every swipe: the partial covering index ``events_signals`` answers it without touching
-        the rows or any other event, and only the few skipped or disliked events come back (summed here rather than by a
-        GROUP BY, whose temporary B-tree cost ~4x more at 5,000 events)."""
+        the rows or any other event, and only the few skipped or disliked events come back (summed
+        here rather than by a GROUP BY, whose temporary B-tree cost ~4x more at 5,000 events)."""
         with self._lock:
             rows = self._db.execute(SIGNALS_QUERY, (now - window_s, now)).fetchall()
         return sum_signals(rows)
