@@ -22,10 +22,18 @@ from typing import Any
 import numpy as np
 
 from edge_rec.distill.dataset import Dataset
+from edge_rec.validate import EMBEDDING_LIMIT_FACTOR, FP16_MAX
 
 N_DENSE = 3
 N_CONTEXT = 3
 N_ENGAGEMENT = 3
+
+
+def embedding_limit(emb: np.ndarray) -> float:
+    """The largest |element| a runtime accepts for a modality whose catalogue embeddings are ``emb``
+    [I, d]: :data:`~edge_rec.validate.EMBEDDING_LIMIT_FACTOR` x the largest seen, within float16 range."""
+    seen = float(np.abs(emb).max()) if emb.size else 0.0
+    return float(f"{min(FP16_MAX, max(EMBEDDING_LIMIT_FACTOR * seen, 1.0)):.6g}")
 
 
 @dataclass
@@ -99,7 +107,10 @@ class FeatureBuilder:
                 "popularity": {"formula": "(log1p(clicks before the request) - mean) / std",
                                "mean": self.pop_scale[0], "std": self.pop_scale[1]},
             },
-            "cand_modality": {"dtype": "float32", "missing": "zeros with cand_mask_<m> = 0"},
+            "cand_modality": {"dtype": "float32", "missing": "zeros with cand_mask_<m> = 0",
+                              "limit": {m: embedding_limit(self.item_emb[m]) for m in self.modalities},
+                              "limit_rule": f"|element| <= min({FP16_MAX:g}, {EMBEDDING_LIMIT_FACTOR} x the largest "
+                                            "|element| of the training catalogue); a runtime rejects a vector beyond it"},
             "hist_emb": {"layout": layout, "engagement": {"offset": o, "columns": ["watch_ratio (clipped to [0, 1.5])", "like", "skip"]},
                          "order": "oldest first, most recent last; left-padded with zeros", "length": self.hist_len},
             "hist_weight": "1 for a real history entry, 0 for padding",

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -55,6 +57,79 @@ def schema_errors(manifest: Any) -> list[str]:
     return out
 
 
+MAX_MANIFEST_BYTES = 8 << 20
+"""manifest.json and golden.json are read into memory: a bundle's are a few hundred KB at most."""
+MAX_HIST_LEN = 4096
+MAX_DIM = 1 << 16
+OUTPUTS = ("score", "p_click", "p_finish", "p_like", "fused")
+
+
+def runtime_value_errors(manifest: dict[str, Any]) -> list[str]:
+    """Every manifest value a runtime computes with, checked for type and range, and the signature
+    checked against the modalities and history length it must agree with. The JSON Schema cannot say
+    these (a std of 0 or a negated one, a history of 10^9 rows) and a phone may run without jsonschema,
+    so they are checked here, in plain Python, on every open. Returns 'where: what' lines."""
+    out: list[str] = []
+
+    def num(path: str, positive: bool = False) -> float | None:
+        v: Any = manifest
+        for k in path.split("."):
+            if not isinstance(v, dict) or k not in v:
+                out.append(f"manifest lacks {path}")
+                return None
+            v = v[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+            out.append(f"manifest {path} must be a finite number{' > 0' if positive else ''}, got {v!r}")
+            return None
+        return float(v)
+
+    for stat_ in ("duration", "popularity"):
+        num(f"features.cand_dense.{stat_}.mean")
+        num(f"features.cand_dense.{stat_}.std", positive=True)
+    num("features.cand_dense.freshness.shift")
+    num("features.cand_dense.freshness.scale", positive=True)
+    model, mods, sig = manifest.get("model"), manifest.get("modalities"), manifest.get("signature")
+    hist_len = model.get("hist_len") if isinstance(model, dict) else None
+    if isinstance(hist_len, bool) or not isinstance(hist_len, int) or not 1 <= hist_len <= MAX_HIST_LEN:
+        out.append(f"manifest model.hist_len must be a whole number in [1, {MAX_HIST_LEN}], got {hist_len!r}")
+        hist_len = None
+    dims = mods.get("dims") if isinstance(mods, dict) else None
+    if not isinstance(dims, dict) or not dims or not all(
+            isinstance(m, str) and isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for m, d in dims.items()):
+        out.append(f"manifest modalities.dims must map modality names to whole numbers in [1, {MAX_DIM}], got {dims!r}")
+        dims = None
+    pruned = mods.get("pruned") if isinstance(mods, dict) else None
+    if not isinstance(pruned, list) or not all(isinstance(m, str) for m in pruned):
+        out.append(f"manifest modalities.pruned must be a list of names, got {pruned!r}")
+    lim = manifest.get("features", {}).get("cand_modality", {}).get("limit") if isinstance(manifest.get("features"), dict) \
+        and isinstance(manifest["features"].get("cand_modality", {}), dict) else None
+    if lim is not None:
+        if not isinstance(lim, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                and math.isfinite(v) and v > 0 for v in lim.values()):
+            out.append(f"manifest features.cand_modality.limit must map modalities to finite numbers > 0, got {lim!r}")
+    if dims is not None and hist_len is not None and isinstance(sig, dict):
+        want: dict[str, list[Any]] = {}
+        for m, d in dims.items():
+            want[f"cand_{m}"], want[f"cand_mask_{m}"] = ["N", d], ["N"]
+        want.update({"cand_dense": ["N", 3], "hist_emb": [hist_len, sum(dims.values()) + 3], "hist_weight": [hist_len],
+                     "hist_age": [hist_len], "context": [3]})
+        try:
+            got = {t["name"]: list(t["shape"]) for t in sig["inputs"]}
+            outs = [t["name"] for t in sig["outputs"]]
+        except (TypeError, KeyError):
+            out.append("manifest signature.inputs / outputs must be lists of {name, shape}")
+        else:
+            if set(got) != set(want):
+                out.append(f"manifest signature inputs {sorted(got)} do not match the modalities {sorted(dims)} "
+                           f"(expected {sorted(want)})")
+            else:
+                out += [f"manifest signature input {k} has shape {got[k]}, the modalities and hist_len say {v}"
+                        for k, v in want.items() if got[k] != v]
+            if not set(OUTPUTS) <= set(outs):
+                out.append(f"manifest signature outputs {outs} lack {sorted(set(OUTPUTS) - set(outs))}")
+    return out
+
+
 def file_entries(root: Path, paths: list[str]) -> list[dict[str, Any]]:
     """``[{path, sha256, size}]`` for files under ``root`` (POSIX relative paths, sorted)."""
     return [{"path": p, "sha256": sha256_file(root / p), "size": (root / p).stat().st_size} for p in sorted(paths)]
@@ -68,19 +143,23 @@ def verify_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
     file; no unlisted file sits in the bundle (a stray model file would otherwise run unverified).
     """
     root = Path(path)
-    if root.is_file() and zipfile.is_zipfile(root):
-        raise BundleError(f"{root} is a zip; extract it with edge_rec.bundle.extract_bundle() (or "
-                          f"`edge-rec verify {root}`, which does) and verify the folder.")
+    if root.is_file():
+        if zipfile.is_zipfile(root):
+            raise BundleError(f"{root} is a zip; extract it with `edge-rec bundle extract {root} DIR` (or "
+                              f"edge_rec.bundle.extract_bundle(); `edge-rec verify {root}` checks it) and open the folder.")
+        raise BundleError(f"{root} is a file that is neither a bundle folder nor a valid zip (truncated or not a zip?).")
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{root} is not an edge bundle: no {MANIFEST}. Point at the folder `edge-rec export` wrote.")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath} is not valid JSON ({exc}); re-export the bundle.") from exc
+    manifest = read_bounded_json(mpath, "manifest")
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} must hold a JSON object, got {type(manifest).__name__}; re-export the bundle.")
     problems = schema_errors(manifest)
     if problems:
         raise BundleError(f"{mpath} does not match the bundle schema:\n  " + "\n  ".join(problems))
+    problems = runtime_value_errors(manifest)
+    if problems:
+        raise BundleError(f"{mpath} holds values no runtime can use:\n  " + "\n  ".join(problems))
     major = manifest["schema_version"].split(".")[0]
     if major != SCHEMA_VERSION.split(".")[0]:
         raise BundleError(f"bundle schema version {manifest['schema_version']} is not readable by this runtime "
@@ -112,6 +191,21 @@ def verify_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def read_bounded_json(path: Path, what: str, limit: int = MAX_MANIFEST_BYTES) -> Any:
+    """A bundle's JSON file, refused before reading when larger than ``limit`` bytes (a bundle from an
+    unknown source must not be able to make the runtime read a gigabyte into memory)."""
+    size = path.stat().st_size
+    if size > limit:
+        raise BundleError(f"{path}: the {what} is {size} bytes, more than the {limit} a bundle's {what} may take; "
+                          "the bundle is damaged or not from edge-rec.")
+    try:
+        return json.loads(path.read_bytes())
+    except RecursionError as exc:
+        raise BundleError(f"{path}: the {what} is nested too deeply to be a bundle's.") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); re-export the bundle.") from exc
+
+
 def write_zip(folder: str | os.PathLike[str], zip_path: str | os.PathLike[str]) -> Path:
     """Zip a bundle folder (files stored uncompressed, as Android assets want; fixed timestamps so the
     same bundle gives the same zip). Written to a temp name, then renamed: never half a zip."""
@@ -139,25 +233,72 @@ def _safe_member(name: str, info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def extract_bundle(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Extract a bundle zip into ``dest`` (which must not exist) after checking every member: absolute
-    paths, ``..`` and symlinks are refused before anything is written; then the bundle is verified."""
+MAX_BUNDLE_BYTES = 1 << 30
+MAX_FILE_BYTES = 512 << 20
+MAX_MEMBERS = 10_000
+MAX_RATIO = 100
+"""Bounds on a zip before anything is extracted: total and per-file size, members, and the compression
+ratio of any member (edge-rec writes bundles uncompressed, ratio 1; model files deflate about 1.1-3x;
+a zip bomb reaches 1,000x and more)."""
+
+
+def extract_bundle(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                   max_bytes: int = MAX_BUNDLE_BYTES, max_file_bytes: int = MAX_FILE_BYTES) -> Path:
+    """Extract a bundle zip into ``dest`` (which must not exist), then verify it.
+
+    Before anything is written every member is checked: absolute paths, ``..`` and symlinks are
+    refused, and so is a zip whose files would take more than ``max_bytes`` in all (or one more than
+    ``max_file_bytes``, or whose manifest is over :data:`MAX_MANIFEST_BYTES`), that has more than
+    :data:`MAX_MEMBERS` members, or a member compressed more than :data:`MAX_RATIO` times. Members are
+    then streamed with a byte count, so a member that lies about its size cannot write more; a corrupt
+    member (bad CRC, truncated data) is a :class:`BundleError` and leaves nothing behind."""
     src, out = Path(zip_path), Path(dest)
-    if not zipfile.is_zipfile(src):
-        raise BundleError(f"{src} is not a zip file.")
+    if not src.is_file() or not zipfile.is_zipfile(src):
+        raise BundleError(f"{src} is not a valid zip file (missing, truncated or another format).")
     if out.exists():
         raise BundleError(f"{out} already exists; extract into a new folder.")
-    with zipfile.ZipFile(src) as z:
-        bad = [(i.filename, why) for i in z.infolist() if (why := _safe_member(i.filename, i))]
+    try:
+        z = zipfile.ZipFile(src)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BundleError(f"{src} is not a valid zip file ({exc}).") from exc
+    with z:
+        infos = z.infolist()
+        bad = [(i.filename, why) for i in infos if (why := _safe_member(i.filename, i))]
+        if len(infos) > MAX_MEMBERS:
+            bad.append((f"{len(infos)} members", f"more than {MAX_MEMBERS}"))
+        total = sum(i.file_size for i in infos)
+        if total > max_bytes:
+            bad.append(("(all members)", f"{total} bytes uncompressed, more than {max_bytes}"))
+        for i in infos:
+            limit = MAX_MANIFEST_BYTES if i.filename == MANIFEST else max_file_bytes
+            if i.file_size > limit:
+                bad.append((i.filename, f"{i.file_size} bytes uncompressed, more than {limit}"))
+            if i.file_size > 1 << 20 and i.file_size > MAX_RATIO * max(i.compress_size, 1):
+                bad.append((i.filename, f"compressed {i.file_size / max(i.compress_size, 1):.0f}x, more than {MAX_RATIO}x "
+                                        "(a zip bomb?)"))
         if bad:
-            raise BundleError(f"{src} has unsafe entries, nothing extracted: "
-                              + "; ".join(f"{n!r} ({w})" for n, w in bad))
+            raise BundleError(f"{src} has unsafe or oversized entries, nothing extracted: " + "; ".join(f"{n!r} ({w})" for n, w in bad))
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            z.extractall(tmp)
+            written = 0
+            for i in infos:
+                target = tmp / PurePosixPath(i.filename.replace("\\", "/"))
+                if i.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(i) as fin, open(target, "wb") as fout:
+                    while block := fin.read(1 << 20):
+                        written += len(block)
+                        if written > total:                   # never more than the sizes checked above
+                            raise BundleError(f"{src}: member {i.filename!r} holds more than its declared size.")
+                        fout.write(block)
             verify_bundle(tmp)
             os.replace(tmp, out)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise BundleError(f"{src} is damaged, nothing extracted ({type(exc).__name__}: {exc}).") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -177,7 +318,7 @@ def check_golden(root: str | os.PathLike[str], manifest: dict[str, Any] | None =
 
     root = Path(root)
     manifest = manifest or verify_bundle(root)
-    golden = json.loads((root / manifest["golden"]["path"]).read_text())
+    golden = read_bounded_json(root / manifest["golden"]["path"], "golden file", 16 * MAX_MANIFEST_BYTES)
     tol_art = float(manifest["golden"].get("artifact_tolerance", 1e-5))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for a in manifest["artifacts"]:

@@ -248,18 +248,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from edge_rec.bundle import extract_bundle
+
+    out = extract_bundle(args.zip, args.dest)
+    manifest = json.loads((out / "manifest.json").read_text())
+    _print({"bundle": str(out), "from": str(args.zip), "files_verified": len(manifest["files"]),
+            "artifacts": len(manifest["artifacts"])})
+    return 0
+
+
 def cmd_rerank(args: argparse.Namespace) -> int:
     from edge_rec.errors import DataError
     from edge_rec.policy import PostRankPolicy
     from edge_rec.runtime import Reranker, request_time
     from edge_rec.state import UserState
 
-    try:
-        feed = json.loads(Path(args.feed).read_text())
-    except FileNotFoundError as exc:
-        raise DataError(f"feed file {args.feed} not found.") from exc
-    except ValueError as exc:
-        raise DataError(f"{args.feed} is not valid JSON ({exc}).") from exc
+    from edge_rec.validate import read_json
+
+    feed = read_json(args.feed, "the feed file")
     if not isinstance(feed, dict) or not isinstance(feed.get("candidates"), list):
         raise DataError(f"{args.feed}: a feed is a JSON object with a 'candidates' list (see `edge-rec rerank --help`).")
     rr = Reranker.open(args.bundle, backend=args.backend, threads=args.threads, precision=args.precision,
@@ -531,8 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--formats", default="onnx,tflite,coreml,executorch",
                     help="comma-separated: onnx (+ .ort), tflite, coreml, executorch")
     ex.add_argument("--quant", default="fp32,int8", help="comma-separated precisions: fp32, fp16, int8")
-    ex.add_argument("--int8-mode", default="dynamic", choices=["dynamic", "nncf"],
-                    help="ONNX int8: onnxruntime quantize_dynamic (default) or NNCF post-training quantization")
+    ex.add_argument("--int8-mode", default="static", choices=["static", "dynamic", "nncf"],
+                    help="ONNX int8: static (NNCF post-training quantization with activation scales calibrated on "
+                         "training requests; default) or dynamic (onnxruntime quantize_dynamic: one activation scale "
+                         "per call, so a candidate's score depends on the others and the batch-invariance gate fails "
+                         "it). nncf = static (the earlier name)")
     ex.add_argument("--buckets", default="16,64,256", help="candidate counts of the fixed-shape formats")
     ex.add_argument("--coreml-flexible", action="store_true", help="one Core ML model with a range of N instead of buckets")
     ex.add_argument("--parity-requests", type=int, default=1000, help="validation requests run through each export")
@@ -547,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--formats", help="only these formats' golden checks (comma-separated)")
     v.add_argument("--no-golden", action="store_true", help="checksums and schema only")
     v.set_defaults(func=cmd_verify)
+
+    bx = sub.add_parser("bundle", help="bundle files: `edge-rec bundle extract BUNDLE.zip DIR` (bounded, checked, verified)")
+    bx.add_argument("action", choices=["extract"], help="extract: unpack a bundle zip into a new folder and verify it")
+    bx.add_argument("zip", help="the bundle .zip (`edge-rec export` writes OUT.zip beside OUT/)")
+    bx.add_argument("dest", help="folder to create (must not exist)")
+    bx.set_defaults(func=cmd_bundle)
 
     rr = sub.add_parser("rerank", help="rerank a feed JSON with a bundle (the phone-side runtime); prints JSON")
     rr.add_argument("--bundle", required=True)

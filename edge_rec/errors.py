@@ -33,3 +33,16 @@ class GateError(EdgeRecError):
     """A quality, parity or budget gate failed. The CLI maps it to exit code 1."""
 
     exit_code = 1
+
+
+class StoreError(EdgeRecError):
+    """The behaviour store cannot be opened, written or wiped as asked (a path that is not a folder, a
+    read-only file, another connection holding it). The message says what holds it and whether the
+    viewer's data are intact."""
+
+
+class InternalError(EdgeRecError):
+    """A result broke one of edge-rec's own guarantees (e.g. a ranking that is not a permutation of the
+    candidates). Raised instead of returning it; it is a bug to report. The CLI maps it to exit code 3."""
+
+    exit_code = 3

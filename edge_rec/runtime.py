@@ -10,8 +10,6 @@ exported model gave in the parity checks. numpy + one engine; never imports torc
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,10 +20,10 @@ import numpy as np
 
 from edge_rec.bundle import verify_bundle
 from edge_rec.engines import open_manifest_group
-from edge_rec.errors import BundleError, ConfigError, DataError, MissingDependencyError
+from edge_rec.errors import BundleError, ConfigError, DataError, InternalError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
 from edge_rec.state import Event, UserState, _check_event, sum_signals
-from edge_rec.validate import checked_id, show, to_id, to_number
+from edge_rec.validate import EMBEDDING_LIMIT_FACTOR, FP16_MAX, checked_id, show, to_flag, to_id, to_number, to_vector
 
 # engine preference for backend="auto": the lightest runtime that needs no torch comes first
 AUTO_ORDER = ("ort", "onnx", "tflite", "coreml", "executorch")
@@ -42,15 +40,26 @@ class Candidate:
     upload_ts: float = 0.0
     clicks: float = 0.0                  # clicks on the item before now (what the server knows)
     embeddings: dict[str, Any] = field(default_factory=dict)
-    _decoded: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    _decoded: dict[str, np.ndarray | None] | None = field(default=None, repr=False, compare=False)
+
+    def array(self, m: str) -> np.ndarray | None:
+        """Modality ``m``'s embedding decoded to float32 and checked (None when the candidate lacks it),
+        once: a feed is fetched once and reranked at every swipe, so decoding must not be paid again."""
+        if not isinstance(self.embeddings, Mapping):
+            raise DataError(f"candidate {self.item_id}: embeddings must be a mapping {{modality: vector}}, "
+                            f"got {show(self.embeddings)}.")
+        if self._decoded is None:
+            self._decoded = {}
+        if m not in self._decoded:
+            v = self.embeddings.get(m)
+            self._decoded[m] = None if v is None else decode_embedding(v, f"candidate {self.item_id} modality {m!r}")
+        return self._decoded[m]
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The embeddings decoded to float32 and checked, once: a feed is fetched once and reranked
-        at every swipe, so decoding must not be paid again each time."""
-        if self._decoded is None:
-            self._decoded = {m: decode_embedding(v, f"candidate {self.item_id} modality {m!r}")
-                             for m, v in self.embeddings.items() if v is not None}
-        return self._decoded
+        """Every embedding the candidate carries, decoded (see :meth:`array`)."""
+        if not isinstance(self.embeddings, Mapping):
+            self.array("")                                  # raises the DataError
+        return {m: a for m in self.embeddings if (a := self.array(m)) is not None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Candidate":
@@ -73,40 +82,10 @@ class Candidate:
                    clicks=to_number(d.get("clicks"), f"{where}: clicks", 0.0), embeddings=dict(embs or {}))
 
 
-def decode_embedding(v: Any, where: str) -> np.ndarray:
-    """fp32/fp16 list, ``{"int8": [...], "scale": s}`` or ``{"fp16_b64": str}`` -> float32 vector."""
-    if isinstance(v, Mapping):
-        if "int8" in v:
-            try:
-                q = np.asarray(v["int8"], dtype=np.float64)
-            except (TypeError, ValueError) as exc:
-                raise DataError(f"{where}: 'int8' must be a list of whole numbers ({exc}).") from exc
-            if not (np.isfinite(q).all() and (q == np.round(q)).all() and ((q >= -128) & (q <= 127)).all()):
-                raise DataError(f"{where}: 'int8' values must be whole numbers in [-128, 127].")
-            scale = to_number(v.get("scale"), f"{where}: 'scale'", 1.0)
-            if not (math.isfinite(scale) and scale > 0):
-                raise DataError(f"{where}: 'scale' must be a finite number > 0, got {scale}.")
-            a = q.astype(np.float32) * np.float32(scale)
-        elif "fp16_b64" in v:
-            try:
-                raw = base64.b64decode(v["fp16_b64"], validate=True)
-            except (binascii.Error, TypeError, ValueError) as exc:
-                raise DataError(f"{where}: 'fp16_b64' is not valid base64 ({exc}).") from exc
-            if len(raw) % 2:
-                raise DataError(f"{where}: 'fp16_b64' holds {len(raw)} bytes; float16 values take 2 bytes each.")
-            a = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
-        else:
-            raise DataError(f"{where}: an embedding object needs 'int8' + 'scale' or 'fp16_b64' (got keys {sorted(v)}).")
-    else:
-        try:
-            a = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: embedding is not numeric ({exc}).") from exc
-    if a.ndim != 1:
-        raise DataError(f"{where}: embedding must be a 1-D vector, got shape {a.shape}.")
-    if not np.isfinite(a).all():
-        raise DataError(f"{where}: embedding holds NaN or inf; the server sent a broken vector.")
-    return a
+def decode_embedding(v: Any, where: str, limit: float = FP16_MAX) -> np.ndarray:
+    """fp32/fp16 list, ``{"int8": [...], "scale": s}`` or ``{"fp16_b64": str}`` -> float32 vector,
+    checked (see :func:`edge_rec.validate.to_vector`: numbers only, finite, within ``±limit``)."""
+    return to_vector(v, where, limit)
 
 
 @dataclass
@@ -132,7 +111,10 @@ class Feed:
 
     def without(self, item_ids: Iterable[int]) -> "Feed":
         """This feed less the given items (the ones the viewer has seen), without rebuilding anything."""
-        drop = np.isin(self.item_ids, np.fromiter((int(i) for i in item_ids), dtype=np.int64))
+        if isinstance(item_ids, (str, bytes, Mapping)) or not isinstance(item_ids, Iterable):
+            raise DataError(f"Feed.without() takes a list of item ids, got {show(item_ids)}.")
+        ids = [checked_id(i, "an item id given to Feed.without()") for i in item_ids]
+        drop = np.isin(self.item_ids, np.array(ids, dtype=np.int64))
         keep = np.flatnonzero(~drop)
         return Feed([self.candidates[i] for i in keep], self.item_ids[keep], self.creators[keep],
                     self.upload_ts[keep], {k: v[keep] for k, v in self.inputs.items()}, self.creator_codes[keep])
@@ -200,6 +182,9 @@ class Reranker:
         self._dur = (f["cand_dense"]["duration"]["mean"], f["cand_dense"]["duration"]["std"])
         self._fresh = (f["cand_dense"]["freshness"]["shift"], f["cand_dense"]["freshness"]["scale"])
         self._pop = (f["cand_dense"]["popularity"]["mean"], f["cand_dense"]["popularity"]["std"])
+        lim = f.get("cand_modality", {}).get("limit", {})
+        # bundles written before the limit existed accept what float16 can hold (the store's format)
+        self.embedding_limit = {m: float(lim.get(m, FP16_MAX)) for m in self.modalities}
         self.hist_dim = sum(self.modalities.values()) + 3
         self._hist = {"hist_emb": np.zeros((self.hist_len, self.hist_dim), np.float32),
                       "hist_weight": np.zeros(self.hist_len, np.float32),
@@ -237,13 +222,25 @@ class Reranker:
                     continue
                 try:
                     eng = open_manifest_group(root, manifest, arts[(fmt, prec)], threads=threads)
+                    _check_engine_io(eng, manifest, f"{fmt}/{prec}")
+                    rr = cls(root, manifest, eng, fmt, prec, policy)
+                    if warmup:
+                        rr._warmup()
                 except MissingDependencyError as exc:
                     errors.append(f"{fmt}: {exc}")
                     break
-                rr = cls(root, manifest, eng, fmt, prec, policy)
-                if warmup:
-                    rr._warmup()
+                except Exception as exc:  # a model file its engine rejects: the next engine is tried
+                    why = str(exc) if isinstance(exc, BundleError) else \
+                        f"{fmt}/{prec}: its engine could not run the model file ({type(exc).__name__}: {str(exc)[:300]})"
+                    if backend != "auto":
+                        raise BundleError(why) from exc
+                    errors.append(why)
+                    continue
                 return rr
+        failed = sorted(f"{f}/{p}" for (f, p) in arts if (f, p) not in passed and (f, p)[0] in order)
+        if backend == "auto" and failed:
+            errors.append(f"not used by backend='auto' because they failed their export gates: {', '.join(failed)} "
+                          "(see export_report.json; pass backend= and precision= to open one anyway)")
         raise BundleError("no engine could open this bundle"
                           + (f" at precision {precision}" if precision else "") + ":\n  " + "\n  ".join(errors or ["no matching model"]))
 
@@ -261,6 +258,8 @@ class Reranker:
     def prepare(self, candidates: Iterable[Candidate | Mapping[str, Any]]) -> Feed:
         """Check a feed and build its candidate inputs once (see :class:`Feed`): duplicate ids,
         unknown modalities, wrong dims, NaN/inf and bad numbers raise :class:`DataError` here."""
+        if isinstance(candidates, (str, bytes, Mapping)) or not isinstance(candidates, Iterable):
+            raise DataError(f"candidates must be a list of candidates (JSON objects or Candidate), got {show(candidates)}.")
         cands = [c if isinstance(c, Candidate) else Candidate.from_dict(c) for c in candidates]
         n = len(cands)
         # ids of Candidate objects built in code are checked here too (from_dict checked the JSON ones)
@@ -274,16 +273,18 @@ class Reranker:
             raise DataError(f"duplicate item ids in the feed: {u[cnt > 1][:10].tolist()}; send each item once.")
         known = self.modalities.keys() | self.pruned
         for c in cands:
+            if not isinstance(c.embeddings, Mapping):
+                raise DataError(f"candidate {c.item_id}: embeddings must be a mapping {{modality: vector}}, "
+                                f"got {show(c.embeddings)}.")
             if not c.embeddings.keys() <= known:
                 unknown = [m for m in c.embeddings if m not in known]
                 raise DataError(f"candidate {c.item_id}: unknown modality {unknown}; this bundle knows "
                                 f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
         x: dict[str, np.ndarray] = {}
-        decoded = [c.arrays() for c in cands]
-        for m, d in self.modalities.items():
+        for m, d in self.modalities.items():                # pruned modalities are never decoded
             emb, mask = np.zeros((n, d), np.float32), np.zeros(n, np.float32)
-            for i, arr in enumerate(decoded):
-                a = arr.get(m)
+            for i, c in enumerate(cands):
+                a = c.array(m)
                 if a is None:
                     continue
                 if a.shape[0] != d:
@@ -291,6 +292,7 @@ class Reranker:
                                     f"the bundle expects {d}.")
                 emb[i] = a
                 mask[i] = 1.0
+            self._check_range(emb, m, lambda i: f"candidate {cands[i].item_id}")
             x[f"cand_{m}"], x[f"cand_mask_{m}"] = emb, mask
         try:
             raw = np.array([(c.duration_s, c.upload_ts, c.clicks) for c in cands], dtype=np.float64).reshape(n, 3)
@@ -306,6 +308,17 @@ class Reranker:
         dense[:, 2] = (np.log1p(raw[:, 2]) - self._pop[0]) / self._pop[1]
         x["cand_dense"] = dense
         return Feed(cands, ids, creators, raw[:, 1].copy(), x, codes)
+
+    def _check_range(self, emb: np.ndarray, m: str, who: Any) -> None:
+        """Rows of ``emb`` [n, d_m] beyond the bundle's limit for modality ``m`` are a :class:`DataError`
+        naming the first (``who(i)`` says who row i is)."""
+        lim = self.embedding_limit[m]
+        peak = np.abs(emb).max(axis=1) if emb.size else np.zeros(len(emb))
+        if (peak > lim).any():
+            i = int(np.flatnonzero(peak > lim)[0])
+            raise DataError(f"{who(i)}: modality {m!r} has an element of magnitude {peak[i]:.6g}; this bundle accepts "
+                            f"up to {lim:.6g} ({EMBEDDING_LIMIT_FACTOR} x the largest in its training catalogue). "
+                            "The vector is broken or was not scaled as the training data were.")
 
     def _at(self, feed: Feed, now: float) -> dict[str, np.ndarray]:
         """The feed's candidate inputs with the freshness column for ``now`` (written in place)."""
@@ -332,8 +345,11 @@ class Reranker:
         total = len(past) if total is None else total
         last = past[-self.hist_len:]
         h = self._hist
-        # identity of the rows: the event and its engagement (an app may update a like in place)
-        key = [(e.item_id, e.ts, e.watch_ms, e.duration_ms, e.like, e.skip) for e in last]
+        # identity of the rows: everything that feeds them: the event, its engagement (an app may update
+        # a like in place) and the bytes of its embeddings (another store, an account switch or a
+        # corrected vector gives other rows for the same item and time)
+        key = [(e.item_id, e.ts, e.watch_ms, e.duration_ms, e.like, e.skip, _emb_key(e.embeddings, self.modalities))
+               for e in last]
         if key != self._hist_key:
             old = self._hist_key or []
             L, n = self.hist_len, len(last)
@@ -357,7 +373,9 @@ class Reranker:
                 o = 0
                 for m, d in self.modalities.items():
                     v = e.embeddings.get(m)
-                    if v is not None and len(v) == d:
+                    # another size (an older bundle's event) or beyond the limit (a stored vector this
+                    # bundle would refuse in a request) is treated as missing
+                    if v is not None and len(v) == d and float(np.abs(v).max(initial=0.0)) <= self.embedding_limit[m]:
                         row[o:o + d] = v
                     o += d
                 row[o:o + 3] = (min(max(e.watch_ratio, 0.0), 1.5), float(e.like), float(e.skip))
@@ -372,27 +390,31 @@ class Reranker:
         return h
 
     def parse_history(self, history: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
-        """Events from a request (objects as in ``sample_feed.json`` or :class:`Event`), checked: an
-        event object's embeddings must be of a modality this bundle knows, at its size (a pruned one is
-        ignored). :class:`Event` objects pass as they are: the store's events may come from an older
-        bundle, and an embedding of another size is then treated as missing."""
+        """Events from a request (objects as in ``sample_feed.json`` or :class:`Event`), checked the same
+        way (types, ranges, finite embeddings within the bundle's limit). An event object's embeddings
+        must be of a modality this bundle knows, at its size (a pruned one is ignored). An
+        :class:`Event`'s embedding of another modality or size is treated as missing: the store's events
+        may come from an older bundle."""
         if isinstance(history, (str, bytes, Mapping)) or not isinstance(history, Iterable):
             raise DataError(f"the history must be a list of events (oldest first), got {show(history)}.")
         out = []
         for h in history:
-            if isinstance(h, Event):
-                out.append(h)
-                continue
-            e = _event(h)
+            lenient = isinstance(h, Event)
+            if lenient:
+                _check_event(h)
+                e = h
+            else:
+                e = _event(h)
+            where = f"history event for item {e.item_id}"
             for m, v in e.embeddings.items():
-                if m in self.pruned:
+                if m in self.pruned or (lenient and len(v) != self.modalities.get(m, -1)):
                     continue
                 if m not in self.modalities:
-                    raise DataError(f"history event for item {e.item_id}: unknown modality {m!r}; this bundle knows "
+                    raise DataError(f"{where}: unknown modality {m!r}; this bundle knows "
                                     f"{sorted(self.modalities)} (and ignores pruned {sorted(self.pruned)}).")
                 if len(v) != self.modalities[m]:
-                    raise DataError(f"history event for item {e.item_id}: modality {m!r} has {len(v)} dims; "
-                                    f"the bundle expects {self.modalities[m]}.")
+                    raise DataError(f"{where}: modality {m!r} has {len(v)} dims; the bundle expects {self.modalities[m]}.")
+                self._check_range(np.asarray(v, np.float32)[None], m, lambda _: where)
             out.append(e)
         return out
 
@@ -400,6 +422,23 @@ class Reranker:
     def score(self, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The bare engine call on prepared inputs (what the benchmarks time against ``rerank``)."""
         return self.engine.run(x)
+
+    def _check_outputs(self, out: Mapping[str, Any], feed: Feed, n: int, how: str) -> None:
+        """Every output row of the first ``n`` candidates must be finite (``score``, the heads and the fused
+        embedding the diversity step compares): a finite score beside a non-finite fused vector would
+        let the policy pick items twice. A :class:`DataError` naming the candidates otherwise."""
+        bad = np.zeros(n, bool)
+        names = []
+        for key, v in out.items():
+            a = np.asarray(v)[:n]
+            fin = np.isfinite(a) if a.ndim == 1 else np.isfinite(a.reshape(n, -1)).all(axis=1)
+            if not fin.all():
+                bad |= ~fin
+                names.append(key)
+        if bad.any():
+            ids = feed.item_ids[np.flatnonzero(bad)][:10].tolist()
+            raise DataError(f"the model produced non-finite {', '.join(names)}{how} for candidate(s) {ids}: their "
+                            "inputs are outside what the model can score (check their embeddings and numbers).")
 
     def rerank(self, candidates: Feed | Iterable[Candidate | Mapping[str, Any]],
                context: Mapping[str, Any] | None = None, k: int | None = None, explain: bool = False,
@@ -438,14 +477,18 @@ class Reranker:
         x = self._at(feed, now)
         h = self.history_inputs(now, history, total)
         x = {key: (x[key] if key.startswith("cand_") else h[key]) for key in self.input_names}
+        # the request is scored alone, exactly as with explain=False, so asking "why?" never moves a
+        # score; the masked copies (one per modality) go in a second, batched call
+        out = self.engine.run(x)
+        self._check_outputs(out, feed, n, "")
+        score = np.asarray(out["score"], np.float64)
         mods = list(self.modalities) if explain else []
+        masked: dict[str, np.ndarray] = {}
         if mods:
-            # one batched call: the request, then a copy per modality with that modality masked out
-            # (candidates are scored independently, so stacking them along N is exact)
             big = {}
             for key, v in x.items():
                 if key.startswith("cand_"):
-                    parts = [v]
+                    parts = []
                     for m in mods:
                         c = v.copy()
                         if key in (f"cand_{m}", f"cand_mask_{m}"):
@@ -454,18 +497,20 @@ class Reranker:
                     big[key] = np.concatenate(parts, axis=0)
                 else:
                     big[key] = v
-            out_all = self.engine.run(big)
-            out = {key: v[:n] for key, v in out_all.items()}
-            masked = {m: out_all["score"][(j + 1) * n:(j + 2) * n] for j, m in enumerate(mods)}
-        else:
-            out = self.engine.run(x)
-        score = np.asarray(out["score"], np.float64)
-        if not np.isfinite(score).all():
-            raise DataError("the model produced non-finite scores for this feed; check the inputs it was given.")
+            out_masked = self.engine.run(big)
+            for j, m in enumerate(mods):
+                part = {key: np.asarray(v)[j * n:(j + 1) * n] for key, v in out_masked.items()}
+                self._check_outputs(part, feed, n, f" with {m!r} masked (explain)")
+                masked[m] = np.asarray(part["score"], np.float64)
         signals = state.creator_signals(now) if state is not None else _creator_signals(history, now)
         ages_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0
         order, final = apply_policy(self.policy, score, out.get("fused"), feed.creator_codes, ages_h, signals, k)
         o = np.asarray(order, dtype=np.int64)
+        want = n if k is None else min(int(k), n)
+        if len(o) != want or (want and (o.min() < 0 or o.max() >= n or len(np.unique(o)) != want)):
+            raise InternalError(f"the post-ranking policy returned {len(o)} positions for {want} wanted that are not "
+                                "distinct candidates; refusing to return a ranking that repeats or drops items. "
+                                "Please report this with the feed (PostRankPolicy(enabled=False) avoids it).")
         cols: dict[str, Any] = {"item_id": feed.item_ids[o], "creator_id": feed.creators[o],
                                 "score": score[o], "final_score": np.asarray(final, np.float64)[o]}
         for key in ("p_click", "p_finish", "p_like"):
@@ -475,18 +520,34 @@ class Reranker:
         return Ranking(cols)
 
 
+def _check_engine_io(engine: Any, manifest: Mapping[str, Any], tag: str) -> None:
+    """The model file's own input and output names must be the manifest's signature: a file swapped for
+    another model (its checksum rewritten) is refused here with a :class:`BundleError`, not a traceback
+    from inside the engine at the first swipe."""
+    want_in = {t["name"] for t in manifest["signature"]["inputs"]}
+    want_out = {t["name"] for t in manifest["signature"]["outputs"]}
+    got_in, got_out = set(getattr(engine, "input_names", want_in)), set(getattr(engine, "output_names", want_out))
+    if got_in != want_in or not want_out <= got_out:
+        raise BundleError(f"{tag}: the model file's inputs {sorted(got_in)} / outputs {sorted(got_out)} do not match the "
+                          f"manifest's signature ({sorted(want_in)} / {sorted(want_out)}); the file was replaced or "
+                          "the manifest edited. Re-export the bundle.")
+
+
+def _emb_key(embs: Mapping[str, Any], modalities: Mapping[str, int]) -> tuple[bytes | None, ...]:
+    """The bytes of an event's embeddings of the model's modalities (part of a history row's identity)."""
+    out = []
+    for m in modalities:
+        v = embs.get(m)
+        out.append(None if v is None else (v.tobytes() if isinstance(v, np.ndarray) else np.asarray(v, np.float32).tobytes()))
+    return tuple(out)
+
+
 def request_time(now: Any) -> float:
     """The request's clock in seconds (``None``: now); a non-number or a non-finite time is a :class:`DataError`."""
     t = time.time() if now is None else to_number(now, "context 'now' (seconds)")
     if not math.isfinite(t):
         raise DataError(f"context 'now' must be a finite time in seconds, got {t}.")
     return t
-
-
-def _flag(v: Any, what: str) -> bool:
-    if v is None or isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
-        return bool(v)
-    raise DataError(f"{what} must be true or false, got {show(v)}.")
 
 
 def _event(d: Mapping[str, Any]) -> Event:
@@ -506,8 +567,8 @@ def _event(d: Mapping[str, Any]) -> Event:
     e = Event(item_id=item, ts=to_number(d["ts"], f"{where}: ts"),
               watch_ms=to_number(d.get("watch_ms"), f"{where}: watch_ms", 0.0),
               duration_ms=to_number(d.get("duration_ms"), f"{where}: duration_ms", 0.0),
-              finish=_flag(d.get("finish"), f"{where}: finish"), skip=_flag(d.get("skip"), f"{where}: skip"),
-              like=_flag(d.get("like"), f"{where}: like"), share=_flag(d.get("share"), f"{where}: share"),
+              finish=to_flag(d.get("finish"), f"{where}: finish"), skip=to_flag(d.get("skip"), f"{where}: skip"),
+              like=to_flag(d.get("like"), f"{where}: like"), share=to_flag(d.get("share"), f"{where}: share"),
               creator_id=None if creator is None else to_id(creator, f"{where}: creator_id"),
               sentiment=None if sentiment is None else to_number(sentiment, f"{where}: sentiment"),
               embeddings={m: decode_embedding(v, f"{where}, modality {m!r}") for m, v in (embs or {}).items()

@@ -21,6 +21,7 @@ viewer their data as JSON. There is no network code in this module, nor anywhere
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,12 +30,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from edge_rec.errors import ConfigError, DataError
-from edge_rec.validate import to_id, to_number
+from edge_rec.errors import ConfigError, DataError, StoreError
+from edge_rec.validate import show, to_flag, to_id, to_number, to_vector
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -97,29 +98,34 @@ def _copy_event(e: Event) -> Event:
 
 
 def _check_event(e: Event) -> None:
-    """What an event must hold before it is stored (or used as history): ids that are whole numbers in
-    64 bits, finite non-negative times, a sentiment in [-1, 1], finite 1-D embeddings. A
-    :class:`DataError` otherwise, raised before any write."""
+    """What an event must hold before it is stored or used as history, whether it came as JSON or as an
+    :class:`Event` built in code (one path for both): ids that are whole numbers in 64 bits, finite
+    non-negative times, flags that are true/false, a sentiment in [-1, 1], embeddings that are finite
+    flat vectors of numbers within float16 range (the store keeps float16: a larger value would be
+    stored as inf). A :class:`DataError` otherwise, raised before any write."""
+    if not isinstance(e, Event):
+        raise DataError(f"an event must be an Event, got {show(e)}.")
     to_id(e.item_id, "an event's item_id")
+    where = f"event for item {e.item_id}"
     if e.creator_id is not None:
-        to_id(e.creator_id, f"event for item {e.item_id}: creator_id")
-    nums = {"ts": e.ts, "watch_ms": e.watch_ms, "duration_ms": e.duration_ms}
-    bad = [k for k, v in nums.items()
-           if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0]
+        to_id(e.creator_id, f"{where}: creator_id")
+    nums = {k: to_number(getattr(e, k), f"{where}: {k}") for k in ("ts", "watch_ms", "duration_ms")}
+    bad = [k for k, v in nums.items() if not math.isfinite(v) or v < 0]
     if bad:
-        raise DataError(f"event for item {e.item_id}: {', '.join(bad)} must be finite and >= 0 (got "
+        raise DataError(f"{where}: {', '.join(bad)} must be finite and >= 0 (got "
                         + ", ".join(f"{k}={nums[k]!r}" for k in bad) + ").")
+    for k in ("finish", "skip", "like", "share"):
+        to_flag(getattr(e, k), f"{where}: {k}")
     if e.sentiment is not None:
-        s = to_number(e.sentiment, f"event for item {e.item_id}: sentiment")
+        s = to_number(e.sentiment, f"{where}: sentiment")
         if not (math.isfinite(s) and -1.0 <= s <= 1.0):
-            raise DataError(f"event for item {e.item_id}: sentiment must be in [-1, 1], got {e.sentiment!r}.")
+            raise DataError(f"{where}: sentiment must be in [-1, 1], got {e.sentiment!r}.")
+    if not isinstance(e.embeddings, Mapping):
+        raise DataError(f"{where}: embeddings must be a mapping {{modality: vector}}, got {show(e.embeddings)}.")
     for m, v in e.embeddings.items():
-        try:
-            a = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"event for item {e.item_id}: embedding {m!r} is not numeric ({exc}).") from exc
-        if a.ndim != 1 or not np.isfinite(a).all():
-            raise DataError(f"event for item {e.item_id}: embedding {m!r} must be a finite 1-D vector.")
+        if not isinstance(m, str):
+            raise DataError(f"{where}: modality names must be strings, got {show(m)}.")
+        to_vector(v, f"{where}: embedding {m!r}")
 
 
 def _stored_event(row: tuple[Any, ...], emb16: Mapping[str, np.ndarray]) -> Event:
@@ -151,6 +157,16 @@ def sum_signals(rows: Iterable[tuple[int, Any, float | None]]) -> dict[int, dict
     return out
 
 
+@contextlib.contextmanager
+def _store_errors(path: Path, what: str) -> Iterator[None]:
+    """SQLite's operational errors (locked past the timeout, read-only, disk full) as :class:`StoreError`."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"could not {what} the behaviour store {path} ({exc}); nothing was changed. Check that the "
+                         "file and its folder are writable and that no other process holds the store.") from exc
+
+
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}   # UserState(durability=...) -> SQLite's synchronous
 
 
@@ -169,10 +185,20 @@ class UserState:
         self.durability = durability
         self.path = Path(path)
         self.max_events, self.max_age_days = int(max_events), float(max_age_days)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = float(timeout_s)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder; give the path of the store file inside it (e.g. {self.path / 'viewer.db'}).")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for the behaviour store {self.path}: {exc.strerror or exc} "
+                             f"(is a parent a file, or read-only?). Choose a path in a writable folder.") from exc
+        existed = self.path.exists()
         try:
             self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
                                        check_same_thread=False)
+            # deleted rows are overwritten with zeros, so forget() leaves no readable copy in free pages
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
@@ -180,8 +206,15 @@ class UserState:
             ok = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if ok == "ok":
                 self._ensure_event_key()
+        except sqlite3.OperationalError as exc:
+            # permissions, a locked file, a full disk: the store itself may be healthy, keep it
+            intact = "its events are intact; " if existed else ""
+            raise StoreError(f"cannot open the behaviour store {self.path} for writing ({exc}): {intact}make the file and "
+                             "its folder writable by the app (SQLite also writes -wal and -shm files beside it), "
+                             "or close the process that locks it.") from exc
         except sqlite3.DatabaseError as exc:
-            raise DataError(f"{self.path} is not a readable behaviour store ({exc}); move it aside and start a new one.") from exc
+            raise DataError(f"{self.path} is not a readable behaviour store ({exc}): it is damaged or not a store; "
+                            "move it aside (keep it for recovery) and start a new one.") from exc
         if ok != "ok":
             raise DataError(f"{self.path} failed SQLite's integrity check ({ok}).")
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_version', ?)", (STORE_VERSION,))
@@ -223,7 +256,7 @@ class UserState:
                  json.dumps({m: v.tobytes().hex() for m, v in em.items()}))
                 for e, em in zip(events, emb16)]
         ids, inserted = [], []
-        with self._lock:
+        with self._lock, _store_errors(self.path, "record events into"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for em, r in zip(emb16, rows):
@@ -342,12 +375,26 @@ class UserState:
                            for e in evs]}
 
     def forget(self) -> None:
-        """Delete every event, then VACUUM so the deleted rows do not linger in the file."""
-        with self._lock:
+        """Delete every event and make sure no byte of them is left in the store's files: the rows are
+        deleted with SQLite's secure delete (overwritten), the file is VACUUMed, and the write-ahead log
+        is checkpointed and truncated. Another connection reading the store keeps the old pages alive;
+        the checkpoint is retried until ``timeout_s`` and then this raises :class:`StoreError` saying so
+        (the events are deleted for every reader either way; their bytes go when it closes and
+        ``forget()`` is called again). Returns only when the bytes are gone."""
+        with self._lock, _store_errors(self.path, "forget the events in"):
             self._db.execute("DELETE FROM events")
             self._decoded.clear()
             self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                busy, log, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy == 0 and log in (0, -1) or (busy == 0 and done == log):
+                    break
+                if time.monotonic() >= deadline:
+                    raise StoreError(f"forget() deleted every event of {self.path}, but another connection holds a read "
+                                     f"on the store, so {max(log, 0)} page(s) with their bytes are still in its "
+                                     f"{self.path.name}-wal; close the other readers and call forget() again.")
+                time.sleep(0.05)
 
     def close(self) -> None:
         with self._lock:

@@ -24,9 +24,15 @@ def tiny_world_dir(tiny_world, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """`edge-rec pipeline --preset tiny --loo-repeats 2` once per session: world, baselines, teacher,
-    student (two students per leave-one-out arm), bundle."""
+    student (two students per leave-one-out arm), bundle. ``EDGE_REC_TEST_RUN=DIR`` reuses a run made
+    with that same command by this version of the code (tests only read it)."""
     from edge_rec.cli import main
 
+    import os
+
+    reuse = os.environ.get("EDGE_REC_TEST_RUN")
+    if reuse:                      # a developer's shortcut: a tiny run made by this code version (never in CI)
+        return Path(reuse)
     run = tmp_path_factory.mktemp("pipeline") / "run"
     assert main(["pipeline", "--preset", "tiny", "--out", str(run), "--loo-repeats", "2"]) == 0
     return run
