@@ -102,6 +102,113 @@ class IdOnly:
         return 0 if self.user_factors is None else self.user_factors.size + self.item_factors.size
 
 
+class ContentKNN:
+    """Content only: a request's profile is the mean of the (per-modality L2-normalised, concatenated)
+    content embeddings of the items its user interacted with before it; an item's score is its cosine
+    with that profile. Needs no training interaction for an item, so it scores cold items too."""
+
+    def __init__(self, modalities: list[str] | None = None) -> None:
+        self.modalities = modalities
+        self.vectors: np.ndarray | None = None
+
+    def fit(self, ds: Dataset) -> "ContentKNN":
+        mods = self.modalities or list(ds.embeddings)
+        parts = []
+        for m in mods:
+            e = ds.embeddings[m].astype(np.float64) * ds.present[m].astype(np.float64)[:, None]
+            parts.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
+        v = np.concatenate(parts, axis=1) if parts else np.zeros((ds.n_items, 1))
+        self.vectors = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        self._ds = ds
+        return self
+
+    def request_scores(self, req: np.ndarray) -> np.ndarray:
+        ds, v = self._ds, self.vectors
+        offsets, it, rq = ds.user_offsets(), ds.interactions, ds.requests
+        prof = np.zeros((len(req), v.shape[1]))
+        for b, r in enumerate(req):
+            seen = it["item"][offsets[rq["user"][r]]:rq["hist_end"][r]]
+            if len(seen):
+                prof[b] = v[seen].mean(axis=0)
+        prof /= np.maximum(np.linalg.norm(prof, axis=1, keepdims=True), 1e-12)
+        return prof @ v.T
+
+    @property
+    def params(self) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class BPRConfig:
+    """BPR hyper-parameters (implicit.bpr.BayesianPersonalizedRanking)."""
+
+    factors: int = 64
+    learning_rate: float = 0.05
+    regularization: float = 0.01
+    iterations: int = 100
+    seed: int = 0
+
+
+class BPR(IdOnly):
+    """Bayesian personalised ranking on user/item ids (implicit's BPR), trained on the training split."""
+
+    def __init__(self, config: BPRConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or BPRConfig()
+
+    def fit(self, ds: Dataset) -> "BPR":
+        sp = requires("scipy.sparse")
+        bpr_mod = requires("implicit.bpr")
+        threadpoolctl = requires("threadpoolctl")
+        m = _train_matrix(ds, sp)
+        c = self.config
+        with threadpoolctl.threadpool_limits(1, "blas"):
+            model = bpr_mod.BayesianPersonalizedRanking(factors=c.factors, learning_rate=c.learning_rate,
+                                                        regularization=c.regularization, iterations=c.iterations,
+                                                        random_state=c.seed, use_gpu=False)
+            model.fit(m, show_progress=False)
+        # implicit's BPR keeps an item bias as the last factor (the user side holds a 1 there)
+        self.user_factors = np.asarray(model.user_factors, dtype=np.float64)
+        self.item_factors = np.asarray(model.item_factors, dtype=np.float64)
+        return self
+
+
+def _train_matrix(ds: Dataset, sp: Any) -> Any:
+    """The user x item matrix of training-split clicks (1 per clicked pair), CSR float32."""
+    tr = ds.train_interaction_mask()
+    it = ds.interactions
+    keep = tr & (it["click"] > 0)
+    m = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (it["user"][keep], it["item"][keep])),
+                      shape=(ds.n_users, ds.n_items), dtype=np.float32)
+    m.data[:] = 1.0
+    return m
+
+
+ALS_GRID = [IdOnlyConfig(factors=f, regularization=r, alpha=a) for f in (32, 64, 128) for r in (0.01, 0.1)
+            for a in (1.0, 10.0)]
+BPR_GRID = [BPRConfig(factors=f, learning_rate=lr) for f in (32, 64) for lr in (0.01, 0.05)]
+
+
+def tune_on_validation(ds: Dataset, make: Any, grid: list[Any], *, max_requests: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Fit ``make(config)`` for every config of ``grid`` on the training split and keep the one with
+    the best full-catalogue Recall@20 on the validation split (the test split is never read here).
+    Returns (the fitted best model, [{config, val recall@20}])."""
+    from edge_rec.distill.protocol import evaluate, heldout_rows
+
+    rows = heldout_rows(ds, "val", max_requests=max_requests)
+    if len(rows.req) == 0:
+        m = make(grid[0]).fit(ds)
+        return m, [{"config": asdict(grid[0]), "val.recall@20": None}]
+    trials, best, best_score = [], None, -1.0
+    for cfg in grid:
+        m = make(cfg).fit(ds)
+        r20 = evaluate(ds, rows, lambda req, m=m: m.item_scores(ds.requests["user"][req]), n_boot=0)["recall@20"]
+        trials.append({"config": asdict(cfg), "val.recall@20": r20})
+        if r20 > best_score:
+            best, best_score = m, r20
+    return best, trials
+
+
 def run_baselines(
     ds: Dataset, *, split: str = "test", id_only: IdOnlyConfig | None = None, full_catalogue: bool = True
 ) -> dict[str, dict[str, Any]]:
@@ -128,4 +235,5 @@ def run_baselines(
     return rows
 
 
-__all__ = ["IdOnly", "IdOnlyConfig", "Popularity", "run_baselines", "SPLITS"]
+__all__ = ["BPR", "BPRConfig", "ContentKNN", "IdOnly", "IdOnlyConfig", "Popularity", "run_baselines",
+           "tune_on_validation", "SPLITS"]

@@ -56,6 +56,10 @@ class FeatureBuilder:
     inter_item: np.ndarray
     inter_ts: np.ndarray
     inter_eng: np.ndarray                  # [M, 3]
+    # datasets without timestamps (meta "has_timestamps": false): popularity is the training split's
+    # click count (a training request's own clicks taken out), every time feature is constant
+    static_counts: np.ndarray | None = None
+    timed: bool = True
 
     @classmethod
     def from_dataset(cls, ds: Dataset, hist_len: int = 20, modalities: list[str] | None = None) -> "FeatureBuilder":
@@ -76,7 +80,9 @@ class FeatureBuilder:
         span = float(max(it["ts"].max(), np.max(ds.requests["ts"])) - t0) + 2.0
         keys = np.sort(it["item"][clicked] * span + (it["ts"][clicked] - t0))
         tr = ds.train_interaction_mask()
-        final = np.log1p(np.bincount(it["item"][tr & clicked], minlength=ds.n_items))
+        train_counts = np.bincount(it["item"][tr & clicked], minlength=ds.n_items)
+        final = np.log1p(train_counts)
+        timed = bool(ds.meta.get("has_timestamps", True))
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(it["duration_ms"] > 0, it["watch_ms"] / np.maximum(it["duration_ms"], 1e-9), 0.0)
         eng = np.stack([np.clip(ratio, 0, 1.5), it["like"], it["skip"]], axis=1).astype(np.float32)
@@ -86,6 +92,7 @@ class FeatureBuilder:
             click_keys=keys, span=span, t0=t0, pop_scale=(float(final.mean()), float(final.std() + 1e-6)), dur_scale=dur_scale,
             user_offsets=ds.user_offsets(), inter_item=it["item"],
             inter_ts=it["ts"], inter_eng=eng,
+            static_counts=None if timed else train_counts.astype(np.float64), timed=timed,
         )
 
     @property
@@ -116,6 +123,9 @@ class FeatureBuilder:
             "hist_weight": "1 for a real history entry, 0 for padding",
             "hist_age": {"formula": "log1p(hours between the event and the request); 0 for padding"},
             "context": {"columns": ["log1p(history length)", "sin(2*pi*hour_of_day/24)", "cos(2*pi*hour_of_day/24)"]},
+            # false for a dataset without timestamps: freshness, history ages and the hour are constant
+            # (request_ts = upload_ts, age 0, hour 0) and a runtime must compute them so
+            "time_features": self.timed,
         }
 
     def popularity(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
@@ -124,10 +134,14 @@ class FeatureBuilder:
         hi = np.searchsorted(self.click_keys, items * self.span + (ts[:, None] - self.t0), side="left")
         return (np.log1p(hi - lo) - self.pop_scale[0]) / self.pop_scale[1]
 
-    def build(self, ds: Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
-        """All inputs and labels for requests ``idx`` (see the module docstring for shapes)."""
+    def build(self, ds: Dataset, idx: np.ndarray, cand: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """All inputs and labels for requests ``idx`` (see the module docstring for shapes).
+
+        ``cand`` [len(idx), N] item ids (-1 = padding) scores other candidates than the logged ones
+        with each request's history and clock (the full-catalogue protocol); labels are then zeros."""
         rq = ds.requests
-        cand = rq["cand"][idx]
+        own = cand is None
+        cand = rq["cand"][idx] if own else np.asarray(cand, np.int64)
         valid = cand >= 0
         c = np.where(valid, cand, 0)
         ts = rq["ts"][idx]
@@ -135,8 +149,15 @@ class FeatureBuilder:
         for m in self.item_emb:
             out[f"cand_{m}"] = self.item_emb[m][c] * valid[..., None]
             out[f"cand_mask_{m}"] = self.item_present[m][c] * valid
-        age_h = np.maximum(ts[:, None] - self.upload[c], 0.0) / 3600.0
-        out["cand_dense"] = np.stack([self.duration[c], (np.log1p(age_h) - 4.0) / 2.0, self.popularity(c, ts)],
+        age_h = np.maximum(ts[:, None] - self.upload[c], 0.0) / 3600.0 if self.timed else np.zeros(c.shape)
+        if self.static_counts is None:
+            pop = self.popularity(c, ts)
+        else:
+            cnt = self.static_counts[c]
+            if own:       # a training request's own clicks are its labels: not part of its features
+                cnt = cnt - rq["click"][idx] * (rq["split"][idx] == 0)[:, None]
+            pop = (np.log1p(np.maximum(cnt, 0.0)) - self.pop_scale[0]) / self.pop_scale[1]
+        out["cand_dense"] = np.stack([self.duration[c], (np.log1p(age_h) - 4.0) / 2.0, pop],
                                      axis=-1).astype(np.float32) * valid[..., None]
         # history: the L interactions before the request
         L = self.hist_len
@@ -149,13 +170,13 @@ class FeatureBuilder:
         hist = np.concatenate([self.item_concat[items], self.inter_eng[p]], axis=-1)
         out["hist_emb"] = (hist * real[..., None]).astype(np.float32)
         out["hist_weight"] = real.astype(np.float32)
-        age = np.maximum(ts[:, None] - self.inter_ts[p], 0.0) / 3600.0
+        age = np.maximum(ts[:, None] - self.inter_ts[p], 0.0) / 3600.0 if self.timed else np.zeros(p.shape)
         out["hist_age"] = (np.log1p(age) * real).astype(np.float32)
-        hour = (ts % 86400.0) / 86400.0 * 2 * np.pi
+        hour = (ts % 86400.0) / 86400.0 * 2 * np.pi if self.timed else np.zeros(len(ts))
         out["context"] = np.stack([np.log1p(end - start), np.sin(hour), np.cos(hour)], axis=1).astype(np.float32)
         out["valid"] = valid.astype(np.float32)
         for lab in ("click", "finish", "like"):
-            out[lab] = rq[lab][idx].astype(np.float32)
+            out[lab] = rq[lab][idx].astype(np.float32) if own else np.zeros(cand.shape, np.float32)
         return out
 
 

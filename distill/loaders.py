@@ -157,14 +157,22 @@ def load_kuairand(
     return ds
 
 
-def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request: int = 4, seed: int = 0) -> Dataset:
+def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request: int = 4, seed: int = 0,
+               negatives: str = "uniform") -> Dataset:
     """Load an MMGCN / MMSSL-layout folder into a :class:`Dataset`.
 
     The given split is kept: every user's training items (in file order) become requests of up to
     ``positives_per_request`` positives each, then one val request and one test request. The
-    layout has no timestamps, so time is the position in that sequence; no negative feedback is
-    logged, so candidates are the positives plus popularity-weighted sampled negatives.
+    layout has no timestamps (``meta["has_timestamps"]`` is false): the position in that sequence
+    orders a user's history and nothing else; every time-based feature is constant and popularity is
+    the training split's. No negative feedback is logged, so candidates are the positives plus
+    sampled negatives: ``negatives="uniform"`` (default) draws them uniformly from the catalogue, as
+    the full catalogue will be ranked (popularity-weighted negatives taught models that popular means
+    negative); ``"popularity"`` weights them by training clicks. No training request depends on the
+    validation or test rows.
     """
+    if negatives not in ("uniform", "popularity"):
+        raise DataError(f"negatives={negatives!r}: choose 'uniform' or 'popularity'.")
     root = Path(src)
     if not root.is_dir():
         raise DataError(f"MMSSL folder {root} does not exist.")
@@ -244,9 +252,8 @@ def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request
         "skip": np.zeros(m, np.int8), "comment": np.zeros(m, np.int8),
     }
     split_of_row = np.array(cols["split"], np.int8)
-    first_seen = np.full(n_items, np.inf)
-    np.minimum.at(first_seen, inter["item"], inter["ts"])
-    first_seen[~np.isfinite(first_seen)] = 0.0   # never interacted: available from the start
+    # no timestamps: every item exists from the start (an upload time read off held-out rows would
+    # leak them into training features and filters), and freshness is constant
     embeddings, present = {}, {}
     for name, arr in feats.items():
         p = np.abs(arr).sum(axis=1) > 0           # an all-zero row marks a missing modality
@@ -254,15 +261,18 @@ def load_mmssl(src: str | Path, *, n_candidates: int = 32, positives_per_request
         present[name] = p
     meta = {
         "name": root.name, "source": "mmssl", "source_path": str(root),
-        "timestamps": "position in the train -> val -> test sequence (the layout has none)",
+        "timestamps": "none: the layout has none; 'ts' is each user's position in their own train -> val -> test "
+                      "sequence (it orders a user's history and nothing else)",
+        "has_timestamps": False,
         "signals": ["click"], "train_end": None,
     }
     return finalize(
         meta=meta, users={"user_id": _user_ids(user_ids)},
         items={"item_id": np.arange(n_items, dtype=np.int64), "creator_id": np.full(n_items, -1, np.int64),
-               "duration_s": np.zeros(n_items), "upload_ts": first_seen},
+               "duration_s": np.zeros(n_items), "upload_ts": np.zeros(n_items)},
         interactions=inter, embeddings=embeddings, present=present,
-        n_candidates=min(n_candidates, n_items), seed=seed, split=split_of_row,
+        n_candidates=min(n_candidates, n_items), seed=seed, split=split_of_row, heldout_safe=True,
+        neg_alpha=0.0 if negatives == "uniform" else 1.0,
     )
 
 

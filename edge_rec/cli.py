@@ -132,6 +132,35 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edge_rec.distill.dataset import Dataset, write_json
+    from edge_rec.distill.protocol import BASELINES, full_catalogue_report
+    from edge_rec.errors import ConfigError
+
+    if args.max_requests is not None and args.max_requests < 1:
+        raise ConfigError(f"--max-requests must be >= 1, got {args.max_requests}.")
+    models: dict[str, str] = {}
+    for spec in args.model:
+        name, _, target = spec.partition("=")
+        if not target:
+            name, target = (spec, spec) if spec in BASELINES else (Path(spec).name, spec)
+        if target not in BASELINES and not Path(target).exists():
+            raise ConfigError(f"--model {spec}: {target} is not a baseline ({', '.join(BASELINES)}) nor an existing folder.")
+        models[name] = target
+    ds = Dataset.load(args.data)
+    rep = full_catalogue_report(ds, models, split=args.split, max_requests=args.max_requests, progress=True)
+    rep["data"] = str(args.data)
+    write_json(args.out, rep)
+    print(f"{rep['split']}: {rep['n_rows']} held-out rows ({rep['n_cold']} cold) in {rep['n_requests']} requests")
+    print(f"{'model':<24}{'R@20':>8}{'95% CI':>18}{'N@20':>8}{'R@50':>8}{'warm R@20':>11}{'cold R@20':>11}{'median rank':>13}")
+    for name, r in rep["models"].items():
+        lo, hi = r["ci95"].get("recall@20", [float("nan")] * 2)
+        print(f"{name:<24}{r['recall@20']:>8.4f}{f'[{lo:.3f}, {hi:.3f}]':>18}{r['ndcg@20']:>8.4f}{r['recall@50']:>8.4f}"
+              f"{r['warm.recall@20']:>11.4f}{r['cold.recall@20']:>11.4f}{r['median_rank']:>13.0f}")
+    print(f"report: {args.out}")
+    return 0
+
+
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     from edge_rec.distill.dataset import Dataset
     from edge_rec.distill.teacher_stage import train_teacher
@@ -206,19 +235,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     gates = Gates.from_cli(min_ndcg_retained=args.min_ndcg_retained, max_size_kb=args.max_size_kb,
                            min_spearman=args.min_spearman)
     report = export_bundle(args.student, args.data, args.out, formats=_csv(args.formats), precisions=_csv(args.quant),
+                           sign_key=args.sign_key,
                            buckets=_positive_ints(args.buckets, "--buckets"), parity_requests=args.parity_requests,
                            gates=gates, int8_mode=args.int8_mode, coreml_flexible=args.coreml_flexible,
                            overwrite=args.overwrite)
-    print(f"{'format':<11}{'prec':<6}{'ok':<4}{'size KB':>9}{'ratio':>7}{'spearman':>10}{'top10':>7}{'ndcg ret.':>10}  note")
+    # "gates": every bar of this file passed (a file that converted and ran but missed a bar reads "NO")
+    print(f"{'format':<11}{'prec':<6}{'gates':<6}{'size KB':>9}{'weights':>9}{'spearman':>10}{'top10':>7}"
+          f"{'ndcg ret.':>10}{'batch dev':>10}  note")
     for f, rows in report["exports"].items():
         for p, r in rows.items():
             if r.get("skipped"):
                 continue
             size = f"{r['size_bytes'] / 1024:.1f}" if r.get("size_bytes") else "–"
-            ratio = f"{r['size_ratio_vs_fp32']:.2f}" if r.get("size_ratio_vs_fp32") else "–"
-            note = "parity: macOS only" if r.get("parity_skipped") else (r["error"] or "")[:70]
-            print(f"{f:<11}{p:<6}{'yes' if r['ok'] else 'NO':<4}{size:>9}{ratio:>7}{_num(r.get('spearman')):>10}"
-                  f"{_num(r.get('top10_overlap')):>7}{_num(r.get('ndcg_retained')):>10}  {note}")
+            weights = f"{r['weight_bytes'] / 1024:.1f}" if r.get("weight_bytes") else "–"
+            bi = r.get("batch_invariance") or {}
+            dev = f"{bi['max_dev']:.1e}" if "max_dev" in bi else "–"
+            note = "parity: macOS only" if r.get("parity_skipped") else \
+                (r["error"] or "; ".join(r.get("gate_failures") or []))[:90]
+            passed = r["ok"] and not r.get("gate_failures")
+            print(f"{f:<11}{p:<6}{'pass' if passed else 'NO':<6}{size:>9}{weights:>9}{_num(r.get('spearman')):>10}"
+                  f"{_num(r.get('top10_overlap')):>7}{_num(r.get('ndcg_retained')):>10}{dev:>10}  {note}")
     b = report["bundle"]
     print(f"bundle: {b['path']} ({b['files']} files), zip: {b['zip']}; report: {Path(b['path']) / 'export_report.json'}")
     if report["gate_failures"]:
@@ -239,12 +275,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
         manifest = verify_bundle(root)
         out: dict[str, Any] = {"bundle": str(src), "schema_version": manifest["schema_version"],
                                "files_verified": len(manifest["files"]), "artifacts": len(manifest["artifacts"])}
+        if args.public_key:
+            from edge_rec.signing import verify_signature
+
+            out["signature"] = verify_signature(root, args.public_key)
         if not args.no_golden:
             out["golden"] = check_golden(root, manifest, formats=_csv(args.formats) if args.formats else None)
     _print(out)
     bad = [k for k, v in out.get("golden", {}).items() if v.get("ok") is False]
     if bad:
         raise GateError(f"golden outputs differ for {', '.join(bad)} (see above).")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from edge_rec.errors import ConfigError
+    from edge_rec.signing import generate_key, sign_bundle
+
+    if args.generate_key:
+        priv, pub = generate_key(args.generate_key)
+        _print({"private_key": str(priv), "public_key": str(pub)})
+        return 0
+    if not args.bundle or not args.key:
+        raise ConfigError("usage: edge-rec sign BUNDLE --key PRIVATE.pem (or: edge-rec sign --generate-key STEM)")
+    from edge_rec.bundle import verify_bundle, write_zip
+
+    root = Path(args.bundle)
+    verify_bundle(root)                          # only a bundle that verifies gets signed
+    sig = sign_bundle(root, args.key)
+    out = {"bundle": str(root), "signature": str(sig)}
+    z = root.with_name(root.name + ".zip")
+    if z.is_file():
+        out["zip"] = str(write_zip(root, z))
+    _print(out)
     return 0
 
 
@@ -270,7 +333,7 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     if not isinstance(feed, dict) or not isinstance(feed.get("candidates"), list):
         raise DataError(f"{args.feed}: a feed is a JSON object with a 'candidates' list (see `edge-rec rerank --help`).")
     rr = Reranker.open(args.bundle, backend=args.backend, threads=args.threads, precision=args.precision,
-                       policy=PostRankPolicy(enabled=not args.no_policy))
+                       policy=PostRankPolicy(enabled=not args.no_policy), public_key=args.public_key)
     # the whole request is checked before the store is touched: a bad candidate must not leave the
     # feed's history recorded (a corrected rerun would then record it twice)
     prepared = rr.prepare(feed["candidates"])
@@ -501,6 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="test", choices=["val", "test"])
     b.set_defaults(func=cmd_baselines)
 
+    e = sub.add_parser("evaluate", help="the papers' protocol: rank the whole catalogue for each held-out item "
+                                        "(Recall/NDCG/Hit@10,20,50, warm/cold, bootstrap CIs)")
+    e.add_argument("--data", required=True, help="dataset folder (edge-rec world / data convert)")
+    e.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
+                   help="repeatable: popularity, content_knn, bpr, als (tuned on val), or NAME=FOLDER for a teacher, "
+                        "student or bundle folder (a bundle runs in edge_rec.runtime on its default engine)")
+    e.add_argument("--split", default="test", choices=["val", "test"],
+                   help="held-out split (default test; baselines are tuned on val)")
+    e.add_argument("--max-requests", type=int, help="a seeded random subset of the split's requests (default: all)")
+    e.add_argument("--out", required=True, help="JSON report to write")
+    e.set_defaults(func=cmd_evaluate)
+
     t = sub.add_parser("train-teacher", help="train the teacher, the fusion baselines and the contrastive ablation "
                                              "(multi-GPU: torchrun --nproc_per_node N -m edge_rec.cli train-teacher ...)")
     t.add_argument("--data", required=True)
@@ -550,12 +625,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--min-ndcg-retained", type=float, help="gate: NDCG@10 of each export / PyTorch's (default 0.995 int8)")
     ex.add_argument("--min-spearman", type=float, help="gate: mean per-list Spearman (default 0.9999 fp32, 0.99 int8)")
     ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--sign-key", help="Ed25519 private key (PEM) that signs the manifest (manifest.sig); "
+                                       "make one with `edge-rec sign --generate-key STEM`")
     ex.set_defaults(func=cmd_export)
+
+    sg = sub.add_parser("sign", help="sign a bundle's manifest with an Ed25519 key, or make a key pair")
+    sg.add_argument("bundle", nargs="?", help="bundle folder to sign (its .zip beside it is rewritten)")
+    sg.add_argument("--key", help="Ed25519 private key (PEM)")
+    sg.add_argument("--generate-key", metavar="STEM", help="write a new key pair STEM.pem + STEM.pub.pem and exit")
+    sg.set_defaults(func=cmd_sign)
 
     v = sub.add_parser("verify", help="verify a bundle (folder or .zip): schema, checksums, golden outputs per engine")
     v.add_argument("bundle")
     v.add_argument("--formats", help="only these formats' golden checks (comma-separated)")
     v.add_argument("--no-golden", action="store_true", help="checksums and schema only")
+    v.add_argument("--public-key", help="also require manifest.sig to verify with this Ed25519 public key (PEM)")
     v.set_defaults(func=cmd_verify)
 
     bx = sub.add_parser("bundle", help="bundle files: `edge-rec bundle extract BUNDLE.zip DIR` (bounded, checked, verified)")
@@ -574,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--backend", default="auto", help="auto, ort, onnx, tflite, coreml or executorch")
     rr.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="default: int8 where it passed its gates")
     rr.add_argument("--threads", type=int, default=1)
+    rr.add_argument("--public-key", help="refuse the bundle unless manifest.sig verifies with this Ed25519 key (PEM)")
     rr.add_argument("--no-policy", action="store_true", help="the model's order, without the post-ranking policy")
     rr.set_defaults(func=cmd_rerank)
 

@@ -182,6 +182,8 @@ class Reranker:
         self._dur = (f["cand_dense"]["duration"]["mean"], f["cand_dense"]["duration"]["std"])
         self._fresh = (f["cand_dense"]["freshness"]["shift"], f["cand_dense"]["freshness"]["scale"])
         self._pop = (f["cand_dense"]["popularity"]["mean"], f["cand_dense"]["popularity"]["std"])
+        # a model trained on a log without timestamps saw constant time features: give it the same
+        self.time_features = bool(f.get("time_features", True))
         lim = f.get("cand_modality", {}).get("limit", {})
         # bundles written before the limit existed accept what float16 can hold (the store's format)
         self.embedding_limit = {m: float(lim.get(m, FP16_MAX)) for m in self.modalities}
@@ -195,8 +197,11 @@ class Reranker:
     # ---- opening --------------------------------------------------------------------------------
     @classmethod
     def open(cls, bundle: str | Path, backend: str = "auto", threads: int = 1, precision: str | None = None,
-             policy: PostRankPolicy | None = None, warmup: bool = True) -> "Reranker":
+             policy: PostRankPolicy | None = None, warmup: bool = True, public_key: Any = None) -> "Reranker":
         """Verify the bundle (schema version, checksums, file list) and open one engine on it.
+
+        ``public_key`` (a PEM file path, PEM bytes or an Ed25519 key): also require the bundle's
+        ``manifest.sig`` to verify with it; an unsigned or wrongly signed bundle is a :class:`BundleError`.
 
         ``backend``: ``auto`` (the first of ort, onnx, tflite, coreml, executorch whose engine is
         installed and whose export passed its gates), or a format name. ``precision``: default int8
@@ -205,6 +210,10 @@ class Reranker:
             raise ConfigError(f"threads={threads!r} must be a whole number >= 1 (the engine's intra-op threads).")
         root = Path(bundle)
         manifest = verify_bundle(root)
+        if public_key is not None:
+            from edge_rec.signing import verify_signature
+
+            verify_signature(root, public_key)
         arts: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for a in manifest["artifacts"]:
             arts.setdefault((a["format"], a["precision"]), []).append(a)
@@ -322,7 +331,7 @@ class Reranker:
 
     def _at(self, feed: Feed, now: float) -> dict[str, np.ndarray]:
         """The feed's candidate inputs with the freshness column for ``now`` (written in place)."""
-        age_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0
+        age_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0 if self.time_features else 0.0
         feed.inputs["cand_dense"][:, 1] = (np.log1p(age_h) - self._fresh[0]) / self._fresh[1]
         return feed.inputs
 
@@ -383,9 +392,9 @@ class Reranker:
             self._hist_ts = np.array([e.ts for e in last], np.float64)
             self._hist_key = key
         h["hist_age"][:] = 0
-        if len(last):
+        if len(last) and self.time_features:
             h["hist_age"][self.hist_len - len(last):] = np.log1p(np.maximum(now - self._hist_ts, 0.0) / 3600.0)
-        hour = (now % 86400.0) / 86400.0 * 2 * math.pi
+        hour = (now % 86400.0) / 86400.0 * 2 * math.pi if self.time_features else 0.0
         h["context"][:] = (math.log1p(total), math.sin(hour), math.cos(hour))
         return h
 

@@ -277,8 +277,12 @@ def export_bundle(
     buckets: Sequence[int] = DEFAULT_BUCKETS, parity_requests: int = 1000, split: str = "val",
     gates: Gates | None = None, int8_mode: str = "static", coreml_flexible: bool = False,
     overwrite: bool = False, progress: bool = True, model: torch.nn.Module | None = None,
+    sign_key: str | Path | None = None,
 ) -> dict[str, Any]:
     """Export the student in ``student_dir`` and write the bundle folder ``out`` and ``out.zip``.
+
+    ``sign_key``: an Ed25519 private key (PEM) that signs the manifest (``manifest.sig``, see
+    :mod:`edge_rec.signing`).
 
     ``model`` exports a network in memory instead of the saved weights (same I/O contract and config as
     the student in ``student_dir``, e.g. a variant being tried before it is saved).
@@ -308,6 +312,10 @@ def export_bundle(
     buckets = sorted({int(b) for b in buckets})
     if not buckets or buckets[0] < 1:
         raise ConfigError(f"buckets must be positive candidate counts, got {buckets}.")
+    if sign_key is not None:
+        from edge_rec.signing import _load_private
+
+        _load_private(sign_key)                                      # a bad key fails before any work
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty; pass --overwrite or choose another --out.")
@@ -390,6 +398,10 @@ def export_bundle(
         if problems:
             raise ExportError("internal: the manifest written does not match bundle.schema.json: " + "; ".join(problems))
         write_json(stage / MANIFEST, manifest)
+        if sign_key is not None:
+            from edge_rec.signing import sign_bundle
+
+            sign_bundle(stage, sign_key)
         verify_bundle(stage)
         replace_dir(stage, out)
     except BaseException:
@@ -400,7 +412,8 @@ def export_bundle(
 
     # the copy inside the bundle is checksummed by the manifest, so it cannot hold the manifest's own hash
     report["bundle"] = {"path": str(out), "zip": str(zip_path), "files": len(manifest["files"]),
-                        "manifest_sha256": sha256_file(out / MANIFEST), "zip_bytes": zip_path.stat().st_size}
+                        "manifest_sha256": sha256_file(out / MANIFEST), "zip_bytes": zip_path.stat().st_size,
+                        "signed": (out / "manifest.sig").is_file()}
     return report
 
 

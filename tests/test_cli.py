@@ -135,9 +135,13 @@ def test_pipeline_default_preset(tmp_path):
     for fmt in ("onnx", "tflite", "coreml", "executorch"):
         for prec in ("fp32", "int8"):
             assert rep["exports"][fmt][prec]["ok"], (fmt, prec)
-    for fmt in ("onnx", "tflite", "coreml", "executorch"):
-        bar = {"onnx": 0.6, "tflite": 0.7}.get(fmt, 0.85)       # measured: onnx 0.49, tflite 0.60, others 0.77-0.80
-        assert rep["exports"][fmt]["int8"]["size_ratio_vs_fp32"] < bar, fmt
+    # the size budget: the int8 ONNX file <= 64 KB; int8 shrinks the weights (the graph does not shrink)
+    onnx8 = rep["exports"]["onnx"]["int8"]
+    assert onnx8["size_bytes"] <= 64 * 1024 and onnx8["weight_ratio_vs_fp32"] < 0.9
+    assert rep["exports"]["tflite"]["int8"]["weight_ratio_vs_fp32"] < 0.5
+    for fmt in ("onnx", "tflite", "executorch"):               # every file scores a candidate alike in any company
+        for prec in ("fp32", "int8"):
+            assert rep["exports"][fmt][prec]["batch_invariance"]["ok"], (fmt, prec)
     assert (run / "bundle.zip").is_file()
 
 

@@ -224,7 +224,7 @@ def test_a_bundle_its_own_verify_would_reject_is_a_gate_failure(tiny_run, tmp_pa
     import edge_rec.export.stage as stage
 
     monkeypatch.setattr(stage, "GOLDEN_MARGIN", 0.0)
-    monkeypatch.setattr(stage, "GOLDEN_SLACK", 0.0)
+    monkeypatch.setattr(stage, "GOLDEN_SLACK", 1e-12)
     monkeypatch.setattr(stage, "GOLDEN_TOL", {"fp32": 1e-12, "fp16": 1e-12, "int8": 1e-12})
     code = main(["export", "--student", str(tiny_run / "student"), "--data", str(tiny_run / "data"),
                  "--out", str(tmp_path / "b"), "--formats", "onnx", "--quant", "fp32", "--parity-requests", "30"])

@@ -436,3 +436,52 @@ def test_a_replaced_model_file_is_a_bundle_error_and_auto_falls_back(bundle, tmp
         Reranker.open(bad, backend=rr.format, precision=rr.precision)
     other = Reranker.open(bad)
     assert (other.format, other.precision) != (rr.format, rr.precision)
+
+
+# ---- authenticity: signed bundles ------------------------------------------------------------------------
+def test_signed_bundles_sign_verify_tamper_wrong_key_unsigned(bundle, tmp_path, capsys):
+    import shutil
+
+    pytest.importorskip("cryptography")
+    from edge_rec.bundle import sha256_file
+    from edge_rec.errors import BundleError
+
+    keys = tmp_path / "keys"
+    assert main_rc(["sign", "--generate-key", str(keys / "release")]) == 0
+    assert main_rc(["sign", "--generate-key", str(keys / "other")]) == 0
+    assert main_rc(["sign", "--generate-key", str(keys / "release")]) == 2           # never overwrites a key
+    assert oct((keys / "release.pem").stat().st_mode & 0o777) == "0o600"
+    pub, other = keys / "release.pub.pem", keys / "other.pub.pem"
+    signed = tmp_path / "signed"
+    shutil.copytree(bundle, signed)
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(bundle, unsigned)
+    assert main_rc(["sign", str(signed), "--key", str(keys / "release.pem")]) == 0
+    capsys.readouterr()
+    # verified with the right key, through the API and the CLI
+    assert Reranker.open(signed, public_key=pub).rerank([]) == []
+    assert main_rc(["verify", str(signed), "--no-golden", "--public-key", str(pub)]) == 0
+    # unsigned, when a key is required
+    with pytest.raises(BundleError, match="not signed"):
+        Reranker.open(unsigned, public_key=pub)
+    assert Reranker.open(unsigned) is not None                                         # no key asked: opens
+    # the wrong key
+    with pytest.raises(BundleError, match="signed with another key"):
+        Reranker.open(signed, public_key=other)
+    assert main_rc(["verify", str(signed), "--no-golden", "--public-key", str(other)]) == 2
+    # tampered consistently: a model file changed and the manifest's checksum rewritten to match
+    target = next(p for p in sorted((signed / "models").glob("*.onnx")))
+    target.write_bytes(target.read_bytes() + b"\0")
+    man = json.loads((signed / "manifest.json").read_text())
+    rel = target.relative_to(signed).as_posix()
+    for f in man["files"]:
+        if f["path"] == rel:
+            f["sha256"], f["size"] = sha256_file(target), target.stat().st_size
+    (signed / "manifest.json").write_text(json.dumps(man))
+    from edge_rec.bundle import verify_bundle
+
+    verify_bundle(signed)                                      # the checksums alone pass ...
+    with pytest.raises(BundleError, match="manifest changed"):  # ... the signature does not
+        Reranker.open(signed, public_key=pub)
+    assert main_rc(["rerank", "--bundle", str(signed), "--feed", str(bundle.parent / "sample_feed.json"),
+                    "--public-key", str(pub)]) == 2

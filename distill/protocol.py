@@ -1,0 +1,277 @@
+"""The papers' protocol: rank the whole catalogue for each held-out positive.
+
+What the multimodal-recommendation literature reports (MMGCN, LATTICE, MMSSL, BM3): for every user with
+a held-out item, score **every item of the catalogue**, remove the items the user interacted with
+before (training items, and validation items when testing), and see where the held-out item lands.
+Sampled metrics — a positive against a few sampled negatives, what ``evaluate_scores`` measures on
+reranking requests — can order models differently (Krichene & Rendle, "On Sampled Metrics for Item
+Recommendation", KDD 2020), so this is the headline.
+
+Rows. A row is one held-out positive of one request of the split (``click`` among its logged
+candidates). The ranking of a row holds every item except: items the user interacted with before the
+request, the request's *other* positives (each row is a single-positive ranking), and — for datasets
+with real time — items uploaded after the request. With one positive per row:
+
+    rank  = #{ranked items scoring higher} + #{ranked items scoring *the same*}   (ties pessimistic)
+    hit@K = recall@K = [rank < K]          ndcg@K = 1 / log2(rank + 2) if rank < K else 0
+
+A request's value is the mean over its rows, and a metric is the mean over requests (= over users
+when each holds one held-out item, as in the MMSSL layout). ``ci95`` is a percentile bootstrap over
+requests. ``cold`` rows are those whose positive had no training interaction; ``warm`` the others.
+
+A scorer is a callable ``scores(req_idx [B]) -> [B, n_items]`` float: the model's score of every item
+for each request. :func:`neural_scorer` builds one for a teacher or student (PyTorch) and for a bundle
+(the runtime's engine on the same features), the baselines module for the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_rec.distill.dataset import Dataset
+from edge_rec.errors import ConfigError
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+KS = (10, 20, 50)
+HEADLINE = ("recall@20", "ndcg@20", "recall@50", "hit@20", "cold.recall@20", "warm.recall@20")
+
+
+@dataclass
+class Rows:
+    """The held-out rows of a split: ``req`` [P] request index, ``item`` [P] positive item, ``cold`` [P]."""
+
+    split: str
+    req: np.ndarray
+    item: np.ndarray
+    cold: np.ndarray
+
+    @property
+    def requests(self) -> np.ndarray:
+        return np.unique(self.req)
+
+
+def heldout_rows(ds: Dataset, split: str, max_requests: int | None = None, seed: int = 0) -> Rows:
+    """Every (request, positive) of ``split``; ``max_requests`` keeps a seeded random subset of the
+    requests (all their rows), for a quick estimate of a slow model."""
+    idx = ds.split_index(split)
+    rq = ds.requests
+    cand, click = rq["cand"][idx], rq["click"][idx] > 0
+    r, j = np.nonzero(click & (cand >= 0))
+    req, item = idx[r], cand[r, j]
+    if max_requests is not None and len(np.unique(req)) > max_requests:
+        keep = np.random.default_rng(seed).choice(np.unique(req), size=max_requests, replace=False)
+        m = np.isin(req, keep)
+        req, item = req[m], item[m]
+    cold = np.asarray(ds.items["cold"]).astype(bool)[item]
+    return Rows(split, req, item, cold)
+
+
+def has_time(ds: Dataset) -> bool:
+    """Whether the dataset's clock is real time (False for layouts without timestamps, e.g. MMSSL)."""
+    return bool(ds.meta.get("has_timestamps", True))
+
+
+def ranks(ds: Dataset, rows: Rows, scorer: Scorer, batch: int = 64, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For every row: (rank of its positive, 0 = first; ties counted against it) and whether it tied
+    with at least one ranked item. See the module docstring for what is ranked."""
+    rq, it = ds.requests, ds.interactions
+    offsets = ds.user_offsets()
+    upload = np.asarray(ds.items["upload_ts"], np.float64)
+    timed = has_time(ds)
+    reqs = rows.requests
+    pos_of = {int(r): rows.item[rows.req == r] for r in reqs} if len(reqs) < 50_000 else None
+    rank = np.zeros(len(rows.req), np.int64)
+    tied = np.zeros(len(rows.req), bool)
+    row_index = {}
+    for i, r in enumerate(rows.req.tolist()):
+        row_index.setdefault(r, []).append(i)
+    chunks = range(0, len(reqs), batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="full catalogue", unit="batch")
+    for c0 in chunks:
+        chunk = reqs[c0:c0 + batch]
+        scores = np.asarray(scorer(chunk), np.float64)
+        if scores.shape != (len(chunk), ds.n_items):
+            raise ConfigError(f"a scorer returned shape {scores.shape}, expected {(len(chunk), ds.n_items)}.")
+        for b, r in enumerate(chunk.tolist()):
+            s = scores[b].copy()
+            excluded = np.zeros(ds.n_items, bool)
+            u = rq["user"][r]
+            excluded[it["item"][offsets[u]:rq["hist_end"][r]]] = True
+            if timed:
+                excluded |= upload > rq["ts"][r]
+            positives = pos_of[r] if pos_of is not None else rows.item[rows.req == r]
+            excluded[positives] = True
+            s[excluded] = -np.inf
+            finite_bad = ~np.isfinite(scores[b][~excluded])
+            if finite_bad.any():
+                raise ConfigError(f"a scorer gave {int(finite_bad.sum())} non-finite scores for request {r}.")
+            for i in row_index[r]:
+                p = scores[b, rows.item[i]]
+                higher = int((s > p).sum())
+                same = int((s == p).sum())
+                rank[i] = higher + same
+                tied[i] = same > 0
+    return rank, tied
+
+
+def metrics_from_ranks(rows: Rows, rank: np.ndarray, tied: np.ndarray, ks: tuple[int, ...] = KS,
+                       n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Recall / NDCG / Hit @K overall, on warm and cold rows, with 95 % bootstrap intervals over
+    requests for the headline metrics; the median rank and the share of tied rows."""
+    out: dict[str, Any] = {"n_rows": int(len(rank)), "n_requests": int(len(rows.requests)),
+                           "n_cold": int(rows.cold.sum()), "median_rank": float(np.median(rank)) if len(rank) else float("nan"),
+                           "tied_rows": float(tied.mean()) if len(rank) else float("nan")}
+    per_row = {}
+    for k in ks:
+        per_row[f"recall@{k}"] = (rank < k).astype(np.float64)
+        per_row[f"hit@{k}"] = per_row[f"recall@{k}"]
+        per_row[f"ndcg@{k}"] = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
+    ci: dict[str, list[float]] = {}
+    rng = np.random.default_rng(seed)
+    for view, mask in (("", np.ones(len(rank), bool)), ("warm.", ~rows.cold), ("cold.", rows.cold)):
+        req = rows.req[mask]
+        if len(req) == 0:
+            for key in per_row:
+                out[view + key] = float("nan")
+            continue
+        u, inv = np.unique(req, return_inverse=True)
+        cnt = np.bincount(inv).astype(np.float64)
+        boot = rng.integers(0, len(u), size=(n_boot, len(u))) if n_boot else None
+        for key, v in per_row.items():
+            per_req = np.bincount(inv, weights=v[mask]) / cnt                  # mean over the request's rows
+            out[view + key] = float(per_req.mean())
+            if boot is not None and view + key in HEADLINE + ("ndcg@20",):
+                means = per_req[boot].mean(axis=1)
+                ci[view + key] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    out["ci95"] = ci
+    return out
+
+
+def evaluate(ds: Dataset, rows: Rows, scorer: Scorer, **kw: Any) -> dict[str, Any]:
+    """:func:`ranks` then :func:`metrics_from_ranks` (keyword arguments go to the latter, except
+    ``batch`` and ``progress``)."""
+    rk, tied = ranks(ds, rows, scorer, batch=kw.pop("batch", 64), progress=kw.pop("progress", False))
+    return metrics_from_ranks(rows, rk, tied, **kw)
+
+
+# ---- scorers for the project's own models ---------------------------------------------------------------
+def neural_scorer(ds: Dataset, model: Any, hist_len: int, modalities: list[str], *, engine: Any = None,
+                  item_chunk: int = 4096, candidates_per_call: int = 8192) -> Scorer:
+    """Scores of every item for each request by a teacher or student (PyTorch), or — with ``engine``
+    (an :mod:`edge_rec.engines` engine, e.g. ``Reranker.open(bundle).engine``) — by an exported file
+    in its own runtime. Features are built as training built them, with each request's history and
+    clock and the catalogue as its candidates, ``item_chunk`` items per call."""
+    from edge_rec.distill.features import FeatureBuilder
+
+    fb = FeatureBuilder.from_dataset(ds, hist_len=hist_len, modalities=modalities)
+    names = list(model.input_names) if model is not None else list(engine.input_names)
+    all_items = np.arange(ds.n_items, dtype=np.int64)
+
+    def scores(req: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(req), ds.n_items), np.float64)
+        for c0 in range(0, ds.n_items, item_chunk):
+            items = all_items[c0:c0 + item_chunk]
+            if engine is not None:
+                for b, r in enumerate(req):
+                    x = fb.build(ds, np.array([r]), cand=items[None, :])
+                    o = engine.run({k: (x[k][0]) for k in names})
+                    out[b, c0:c0 + len(items)] = np.asarray(o["score"], np.float64)
+            else:
+                import torch
+
+                per = max(1, candidates_per_call // len(items))        # bounds the activations' memory
+                for b0 in range(0, len(req), per):
+                    sub = req[b0:b0 + per]
+                    x = fb.build(ds, sub, cand=np.broadcast_to(items, (len(sub), len(items))))
+                    with torch.no_grad():
+                        o = model(**{k: torch.from_numpy(np.ascontiguousarray(x[k], np.float32)) for k in names})
+                    out[b0:b0 + len(sub), c0:c0 + len(items)] = o["score"].numpy()
+        return out
+
+    return scores
+
+
+BASELINES = ("popularity", "content_knn", "bpr", "als")
+
+
+def baseline_scorer(ds: Dataset, name: str, *, tune_requests: int | None = None) -> tuple[Scorer, dict[str, Any]]:
+    """A fitted baseline's scorer and what it was fitted with. ``als`` and ``bpr`` are tuned on the
+    validation split's full-catalogue Recall@20 (grids in :mod:`edge_rec.distill.baselines`)."""
+    from edge_rec.distill import baselines as B
+
+    users = ds.requests["user"]
+    if name == "popularity":
+        m = B.Popularity().fit(ds)
+        return (lambda req: np.broadcast_to(m.counts, (len(req), ds.n_items)).astype(np.float64)), {"fit": "training clicks"}
+    if name == "content_knn":
+        m = B.ContentKNN().fit(ds)
+        return m.request_scores, {"modalities": list(ds.embeddings)}
+    if name in ("als", "bpr"):
+        make, grid = (B.IdOnly, B.ALS_GRID) if name == "als" else (B.BPR, B.BPR_GRID)
+        m, trials = B.tune_on_validation(ds, make, grid, max_requests=tune_requests)
+        return (lambda req: m.item_scores(users[req])), {"tuned_on": "val recall@20 (full catalogue)", "trials": trials,
+                                                         "config": trials[int(np.nanargmax([t["val.recall@20"] or 0 for t in trials]))]["config"]}
+    raise ConfigError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}, or give a teacher, "
+                      "student or bundle folder.")
+
+
+def model_scorer(ds: Dataset, path: str, *, backend: str = "auto") -> tuple[str, Scorer, dict[str, Any]]:
+    """(kind, scorer, info) for a teacher or student folder (PyTorch) or a bundle folder (the runtime's
+    default engine: what ``Reranker.open(bundle)`` picks, int8 where it passed its gates)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        from edge_rec.runtime import Reranker
+
+        rr = Reranker.open(p, backend=backend)
+        mods = list(rr.modalities)
+        missing = [m for m in mods if m not in ds.embeddings]
+        if missing:
+            raise ConfigError(f"the bundle uses modalities {missing} that the dataset lacks.")
+        return "bundle", neural_scorer(ds, None, rr.hist_len, mods, engine=rr.engine), \
+            {"format": rr.format, "precision": rr.precision, "engine": rr.engine.name}
+    cfg = p / "config.json"
+    kind = json.loads(cfg.read_text()).get("kind") if cfg.is_file() else None
+    if kind == "teacher":
+        from edge_rec.distill.teacher_stage import load_teacher
+
+        model, meta = load_teacher(p)
+    elif kind == "student":
+        from edge_rec.distill.distill_stage import load_student
+
+        model, meta = load_student(p)
+    else:
+        raise ConfigError(f"{p} is neither a bundle (manifest.json) nor a teacher or student folder (config.json); "
+                          f"or name a baseline: {', '.join(BASELINES)}.")
+    mods = list(model.modalities)
+    return kind, neural_scorer(ds, model.eval(), int(meta["hist_len"]), mods), {"params": int(sum(t.numel() for t in model.parameters()))}
+
+
+def full_catalogue_report(ds: Dataset, models: dict[str, str], *, split: str = "test", max_requests: int | None = None,
+                          progress: bool = False, seed: int = 0) -> dict[str, Any]:
+    """``report.json["full_catalogue"]``: every model of ``models`` ({name: baseline name or folder})
+    ranked over the whole catalogue on the same rows of ``split``."""
+    rows = heldout_rows(ds, split, max_requests=max_requests, seed=seed)
+    out: dict[str, Any] = {"split": split, "protocol": "full catalogue; the user's earlier items and the request's other "
+                           "positives removed" + ("; items not yet uploaded removed" if has_time(ds) else
+                                                 "; no time filter (the dataset has no timestamps)")
+                           + "; ties counted against the positive; mean over requests; bootstrap 95 % CI over requests",
+                           "n_rows": int(len(rows.req)), "n_requests": int(len(rows.requests)), "n_cold": int(rows.cold.sum()),
+                           "max_requests": max_requests, "models": {}}
+    for name, spec in models.items():
+        if spec in BASELINES:
+            scorer, info = baseline_scorer(ds, spec, tune_requests=max_requests)
+        else:
+            _, scorer, info = model_scorer(ds, spec)
+        res = evaluate(ds, rows, scorer, progress=progress, seed=seed)
+        res["info"] = info
+        out["models"][name] = res
+    return out
