@@ -63,10 +63,16 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_data_convert(args: argparse.Namespace) -> int:
     from edge_rec.distill.dataset import inspect, write_json
     from edge_rec.distill.loaders import convert
+    from edge_rec.errors import ConfigError
 
     kwargs: dict[str, Any] = {"n_candidates": args.n_candidates, "seed": args.seed}
     if args.format == "kuairand":
         kwargs["impressions_per_request"] = args.impressions_per_request
+    else:
+        if args.positives_per_request < 1:
+            raise ConfigError(f"--positives-per-request must be >= 1, got {args.positives_per_request}.")
+        kwargs["positives_per_request"] = args.positives_per_request
+        kwargs["negatives"] = args.negatives
     ds = convert(args.format, args.src, **kwargs)
     joined = None
     if args.items:
@@ -532,6 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-candidates", type=int, default=32)
     c.add_argument("--impressions-per-request", type=int, default=1,
                    help="kuairand without timestamps: consecutive impressions per request")
+    c.add_argument("--positives-per-request", type=int, default=4,
+                   help="mmssl: training positives grouped into one request (default 4)")
+    c.add_argument("--negatives", default="uniform", choices=["uniform", "popularity"],
+                   help="mmssl: how training requests' negatives are drawn from the catalogue (default uniform: "
+                        "as the full catalogue is ranked; popularity-weighted negatives teach that popular means negative)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--items", help="a featurize output folder: join its embeddings and captions on item id")
     c.add_argument("--overwrite", action="store_true")

@@ -73,6 +73,14 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
             assert rep["exports"][fmt][prec]["ok"], (fmt, prec, rep["exports"][fmt][prec]["error"])
     assert rep["export_gate_failures"] == []
     assert rep["bundle"]["files"] > 10 and len(rep["bundle"]["manifest_sha256"]) == 64
+    # the papers' protocol heads the report: every model on the same held-out rows
+    fc = rep["full_catalogue"]
+    assert set(fc["models"]) == {"popularity", "content_knn", "bpr", "als", "teacher", "student", "student.int8.runtime"}
+    for r in fc["models"].values():
+        assert {"recall@20", "ndcg@20", "recall@50", "hit@20", "cold.recall@20", "warm.recall@20", "ci95"} <= set(r)
+    assert fc["models"]["student.int8.runtime"]["recall@20"] >= 0.95 * fc["models"]["teacher"]["recall@20"]
+    md = (run / "report.md").read_text()
+    assert md.index("## Full catalogue") < md.index("## Models (sampled")
     assert "| executorch | int8 |" in (run / "report.md").read_text()
     b = rep["bench"]
     assert {(r["format"], r["candidates"]) for r in b["results"]} >= {("ort", 16), ("tflite", 200), ("executorch", 200)}

@@ -1,0 +1,144 @@
+"""The papers' protocol (full catalogue, earlier items masked, ties pessimistic) and leak-free features
+for logs without timestamps, on the MMSSL-layout fixture and the tiny pipeline's models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_rec.cli import main
+from edge_rec.distill.dataset import SPLITS
+from edge_rec.distill.features import FeatureBuilder
+from edge_rec.distill.loaders import load_mmssl
+from edge_rec.distill.protocol import evaluate, full_catalogue_report, heldout_rows, metrics_from_ranks, ranks
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mmssl_small"
+
+
+@pytest.fixture(scope="module")
+def mm():
+    return load_mmssl(FIXTURE)
+
+
+def test_ranks_match_a_hand_computed_case(mm):
+    """Score = item id: the rank of a positive is the number of ranked items with a larger id, where
+    ranked = every item except the user's earlier ones and the request's other positives."""
+    ds = mm
+    rows = heldout_rows(ds, "test")
+    rk, tied = ranks(ds, rows, lambda req: np.broadcast_to(np.arange(ds.n_items, dtype=float), (len(req), ds.n_items)))
+    offsets, it, rq = ds.user_offsets(), ds.interactions, ds.requests
+    for i in range(len(rows.req)):
+        r, p = rows.req[i], rows.item[i]
+        earlier = set(it["item"][offsets[rq["user"][r]]:rq["hist_end"][r]].tolist())
+        others = set(rows.item[rows.req == r].tolist()) - {p}
+        want = sum(1 for j in range(ds.n_items) if j > p and j not in earlier and j not in others)
+        assert rk[i] == want, (i, rk[i], want)
+    assert not tied.any()
+    # the reference definition, one positive per row: NDCG@K = 1 / log2(rank + 2) inside the top K
+    m = metrics_from_ranks(rows, rk, tied, n_boot=0)
+    per_row = np.where(rk < 20, 1 / np.log2(rk + 2), 0.0)
+    u, inv = np.unique(rows.req, return_inverse=True)
+    assert m["ndcg@20"] == pytest.approx((np.bincount(inv, per_row) / np.bincount(inv)).mean())
+    assert m["recall@20"] == pytest.approx((np.bincount(inv, rk < 20) / np.bincount(inv)).mean())
+    # validation and test items are both held out from the training ranking; a user's val item is
+    # masked when ranking their test item (it sits in the history before the test request)
+    vrow = heldout_rows(ds, "val")
+    u0 = rq["user"][rows.req[0]]
+    val_items = vrow.item[rq["user"][vrow.req] == u0]
+    assert set(val_items.tolist()) <= set(it["item"][offsets[u0]:rq["hist_end"][rows.req[0]]].tolist())
+
+
+def test_ties_count_against_the_positive(mm):
+    rows = heldout_rows(mm, "test")
+    rk, tied = ranks(mm, rows, lambda req: np.zeros((len(req), mm.n_items)))
+    assert tied.all() and (rk > 20).all()                   # a constant scorer finds nothing
+    assert evaluate(mm, rows, lambda req: np.zeros((len(req), mm.n_items)), n_boot=0)["recall@50"] == 0.0
+
+
+def _rewrite(src: Path, dest: Path, change) -> Path:
+    shutil.copytree(src, dest)
+    for name in ("val", "test"):
+        d = json.loads((dest / f"{name}.json").read_text())
+        (dest / f"{name}.json").write_text(json.dumps(change(name, d)))
+    return dest
+
+
+def test_no_training_input_depends_on_held_out_rows(tmp_path):
+    """Permute and replace validation/test rows: every training request's candidates, labels and model
+    inputs stay the same (popularity, negatives, upload times and clocks come from training only)."""
+    rng = np.random.default_rng(0)
+
+    def change(name, d):
+        users = sorted(d)
+        items = [d[u] for u in users]
+        perm = rng.permutation(len(users))
+        out = {u: items[perm[k]] for k, u in enumerate(users)}           # held-out rows move between users
+        out[users[0]] = [int(i) for i in rng.choice(55, size=3, replace=False)]   # and change
+        return out
+
+    a = load_mmssl(FIXTURE)
+    b = load_mmssl(_rewrite(FIXTURE, tmp_path / "b", change))
+    assert a.meta["has_timestamps"] is False and "uniform" in a.meta["negatives"]
+    ta, tb = a.split_index("train"), b.split_index("train")
+    assert np.array_equal(ta, tb)
+    for k in ("cand", "click", "user"):
+        assert np.array_equal(a.requests[k][ta], b.requests[k][tb]), k
+    # hist_end indexes the whole interaction table; within each user it is the same
+    rel = [d.requests["hist_end"][t] - d.user_offsets()[d.requests["user"][t]] for d, t in ((a, ta), (b, tb))]
+    assert np.array_equal(*rel)
+    fa = FeatureBuilder.from_dataset(a, hist_len=8).build(a, ta)
+    fb = FeatureBuilder.from_dataset(b, hist_len=8).build(b, tb)
+    for k in fa:
+        assert np.array_equal(fa[k], fb[k]), k
+    # popularity is the training split's, a training request's own clicks taken out
+    fba = FeatureBuilder.from_dataset(a, hist_len=8)
+    train_clicks = np.bincount(a.interactions["item"][a.train_interaction_mask()], minlength=a.n_items)
+    assert np.array_equal(fba.static_counts, train_clicks)
+    r = ta[0]
+    c, y = a.requests["cand"][r], a.requests["click"][r]
+    want = (np.log1p(np.maximum(train_clicks[np.maximum(c, 0)] - y, 0)) - fba.pop_scale[0]) / fba.pop_scale[1]
+    got = fba.build(a, np.array([r]))["cand_dense"][0, :, 2]
+    assert np.allclose(got[c >= 0], want[c >= 0], atol=1e-6)
+    # no time: freshness and history ages are constant
+    assert np.ptp(fa["cand_dense"][..., 1][fa["valid"] > 0]) == 0 and not fa["hist_age"].any()
+    assert a.requests["split"][ta].max() == SPLITS["train"]
+
+
+def test_evaluate_cli_on_the_mmssl_fixture(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["data", "convert", "--format", "mmssl", str(FIXTURE), "--out", str(data),
+                 "--positives-per-request", "3"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(data), "--model", "popularity", "--model", "content_knn",
+                 "--model", "als", "--model", "bpr", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert set(rep["models"]) == {"popularity", "content_knn", "als", "bpr"}
+    assert "no time filter" in rep["protocol"] and rep["n_rows"] > 0 and rep["n_cold"] > 0
+    for name, r in rep["models"].items():
+        for key in ("recall@20", "ndcg@20", "recall@50", "hit@20", "cold.recall@20", "warm.recall@20"):
+            assert 0.0 <= r[key] <= 1.0, (name, key)
+        lo, hi = r["ci95"]["recall@20"]
+        assert lo <= r["recall@20"] <= hi
+    # content can reach cold items, pure CF cannot (zero factors, ties counted against them)
+    assert rep["models"]["content_knn"]["cold.recall@50"] > 0 == rep["models"]["als"]["cold.recall@20"]
+    assert len(rep["models"]["als"]["info"]["trials"]) > 1                  # tuned on validation
+    assert "R@20" in capsys.readouterr().out
+    assert main(["evaluate", "--data", str(data), "--model", "nonsense", "--out", str(out)]) == 2
+
+
+def test_full_catalogue_on_the_tiny_pipeline(tiny_run):
+    """Teacher, student and the bundle's default file through the runtime, with the baselines, on the
+    same rows; int8 in the runtime keeps the student's ranking."""
+    from edge_rec.distill.dataset import Dataset
+
+    ds = Dataset.load(tiny_run / "data")
+    rep = full_catalogue_report(ds, {"popularity": "popularity", "student": str(tiny_run / "student"),
+                                     "student.int8.runtime": str(tiny_run / "bundle")}, max_requests=60)
+    m = rep["models"]
+    assert m["student.int8.runtime"]["info"]["precision"] == "int8"
+    assert m["student.int8.runtime"]["recall@20"] >= 0.95 * m["student"]["recall@20"]
+    assert m["student"]["recall@20"] > 0.2
