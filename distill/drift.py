@@ -24,6 +24,7 @@ import numpy as np
 from edge_rec.distill.dataset import Dataset
 from edge_rec.errors import ConfigError
 from edge_rec.policy import PostRankPolicy
+from edge_rec.distill.feed import creator_or_none
 from edge_rec.runtime import Candidate, Reranker
 from edge_rec.state import Event
 
@@ -43,7 +44,7 @@ def planted_topics(data_dir: str | Path) -> np.ndarray:
 
 def _candidate(ds: Dataset, i: int, now: float, clicks: np.ndarray) -> Candidate:
     it = ds.items
-    return Candidate(item_id=int(it["item_id"][i]), creator_id=int(it["creator_id"][i]),
+    return Candidate(item_id=int(it["item_id"][i]), creator_id=creator_or_none(it["creator_id"][i]),
                      duration_s=float(it["duration_s"][i]), upload_ts=float(it["upload_ts"][i]),
                      clicks=float(clicks[i]),
                      embeddings={m: ds.embeddings[m][i].astype(np.float32) for m in ds.embeddings if ds.present[m][i]})
@@ -53,7 +54,7 @@ def _event(ds: Dataset, i: int, ts: float, liked: bool) -> Event:
     dur_ms = float(ds.items["duration_s"][i]) * 1000.0
     return Event(item_id=int(ds.items["item_id"][i]), ts=ts, watch_ms=dur_ms if liked else min(1000.0, dur_ms),
                  duration_ms=dur_ms, finish=liked, skip=not liked, like=liked,
-                 creator_id=int(ds.items["creator_id"][i]),
+                 creator_id=creator_or_none(ds.items["creator_id"][i]),
                  embeddings={m: ds.embeddings[m][i].astype(np.float32) for m in ds.embeddings if ds.present[m][i]})
 
 

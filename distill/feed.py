@@ -21,6 +21,14 @@ import numpy as np
 from edge_rec.distill.dataset import Dataset
 
 
+
+def creator_or_none(c: int) -> int | None:
+    """A dataset's creator id as the feed contract carries it: a negative id (what loaders write when
+    the log has no creators, e.g. the MMSSL layout) is unknown, so ``null``: the policy's creator rules
+    then skip the item instead of treating every item as one creator's."""
+    c = int(c)
+    return None if c < 0 else c
+
 def _emb(v: np.ndarray, int8: bool) -> Any:
     if int8:
         scale = float(np.abs(v).max() / 127.0) or 1.0
@@ -37,7 +45,7 @@ def item_candidates(ds: Dataset, items_idx: Any, now: float, int8_embeddings: bo
     for c in np.asarray(items_idx).tolist():
         before = int((clicked & (it["item"] == c) & (it["ts"] < now)).sum())
         embs = {m: _emb(ds.embeddings[m][c], int8_embeddings) for m in ds.embeddings if ds.present[m][c]}
-        out.append({"item_id": int(items["item_id"][c]), "creator_id": int(items["creator_id"][c]),
+        out.append({"item_id": int(items["item_id"][c]), "creator_id": creator_or_none(items["creator_id"][c]),
                     "duration_s": float(items["duration_s"][c]), "upload_ts": float(items["upload_ts"][c]),
                     "clicks": before, "embeddings": embs})
     return out
@@ -66,7 +74,7 @@ def request_feed(ds: Dataset, r: int, history: int = 50, int8_embeddings: bool =
     events = []
     for j in range(max(start, end - history), end):
         i = int(it["item"][j])
-        events.append({"item_id": int(items["item_id"][i]), "creator_id": int(items["creator_id"][i]),
+        events.append({"item_id": int(items["item_id"][i]), "creator_id": creator_or_none(items["creator_id"][i]),
                        "ts": float(it["ts"][j]), "watch_ms": float(it["watch_ms"][j]),
                        "duration_ms": float(it["duration_ms"][j]), "finish": bool(it["finish"][j]),
                        "skip": bool(it["skip"][j]), "like": bool(it["like"][j]), "share": bool(it["share"][j]),

@@ -142,3 +142,41 @@ def test_full_catalogue_on_the_tiny_pipeline(tiny_run):
     assert m["student.int8.runtime"]["info"]["precision"] == "int8"
     assert m["student.int8.runtime"]["recall@20"] >= 0.95 * m["student"]["recall@20"]
     assert m["student"]["recall@20"] > 0.2
+
+
+def test_collab_modality_comes_from_training_clicks_only(tiny_run, tmp_path):
+    """`edge-rec data collab`: ALS item factors (tuned on validation) as one more modality; items
+    without a training click lack it (the model's mask token), so cold items fall back on content."""
+    from edge_rec.distill.dataset import Dataset
+
+    out = tmp_path / "with_collab"
+    assert main(["data", "collab", str(tiny_run / "data"), "--out", str(out)]) == 0
+    ds, base = Dataset.load(out), Dataset.load(tiny_run / "data")
+    assert list(ds.modalities) == list(base.modalities) + ["collab"]
+    trained = np.bincount(base.interactions["item"][base.train_interaction_mask() & (base.interactions["click"] > 0)],
+                          minlength=base.n_items) > 0
+    assert np.array_equal(ds.present["collab"].astype(bool), trained)
+    assert not ds.present["collab"][np.asarray(ds.items["cold"]).astype(bool)].any()
+    e = ds.embeddings["collab"].astype(np.float64)[trained]
+    assert np.sqrt((e ** 2).mean()) == pytest.approx(1.0, rel=0.01) and np.isfinite(e).all()
+    rep = json.loads((out / "collab_report.json").read_text())
+    assert rep["val.recall@20"] > 0 and len(rep["trials"]) > 1
+    for k in ("cand", "click", "split"):                       # the requests are the same
+        assert np.array_equal(ds.requests[k], base.requests[k])
+    assert main(["data", "collab", str(out), "--out", str(tmp_path / "again")]) == 2   # already there: named
+
+
+def test_a_log_without_creators_gives_feeds_without_creators(mm):
+    """Missing means missing: the MMSSL layout has no creators, so the feed says null (not one creator
+    -1 for every item, which filled the policy's per-creator cap at once and switched diversity off)."""
+    from edge_rec.distill.feed import request_feed
+    from edge_rec.policy import PostRankPolicy, apply_policy
+
+    feed = request_feed(mm, int(mm.split_index("test")[0]))
+    assert feed["candidates"] and all(c["creator_id"] is None for c in feed["candidates"])
+    assert all(e["creator_id"] is None for e in feed["history"])
+    n = 12
+    rng = np.random.default_rng(0)
+    order, _ = apply_policy(PostRankPolicy(max_per_creator=1, mmr_lambda=1.0, freshness_boost=0.0), rng.normal(size=n),
+                            None, [None] * n, np.zeros(n), {})
+    assert len(order) == n == len(set(order.tolist()))          # no cap applies to unknown creators
