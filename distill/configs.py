@@ -131,3 +131,23 @@ def preset_configs(presets: dict[str, dict[str, dict[str, Any]]], preset: str,
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(presets)}.")
     p = presets[preset]
     return {**p["model"], **(model_overrides or {})}, TrainConfig(**{**p["train"], **(train_overrides or {})})
+
+
+def labelled_tasks(ds: Any) -> tuple[bool, ...]:
+    """Per task of ``TASKS`` (click, finish, like): whether the training requests hold any positive label
+    of it. A log with clicks only (the MMSSL layout) has no finish or like labels."""
+    tr = ds.split_index("train")
+    return tuple(bool((ds.requests[t][tr] > 0).any()) for t in ("click", "finish", "like"))
+
+
+def without_unlabelled(model_kw: dict[str, Any], cfg: "TrainConfig", ds: Any) -> tuple[dict[str, Any], "TrainConfig"]:
+    """The configs with every task the data has no label for switched off: a head whose label is absent
+    is not trained (loss weight 0) and does not vote in the combined score (score weight 0)."""
+    import dataclasses
+
+    have = labelled_tasks(ds)
+    if all(have):
+        return model_kw, cfg
+    sw = tuple(w if h else 0.0 for w, h in zip(model_kw.get("score_weights", (1.0, 0.2, 0.2)), have))
+    tw = tuple(w if h else 0.0 for w, h in zip(cfg.task_weights, have))
+    return {**model_kw, "score_weights": sw}, dataclasses.replace(cfg, task_weights=tw)

@@ -35,7 +35,7 @@ from torch import nn
 from edge_rec._requires import requires
 from edge_rec.errors import DataError
 from edge_rec.distill.checkpoint import load_ranker, save_ranker
-from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig, preset_configs
+from edge_rec.distill.configs import DistillConfig, StudentConfig, TrainConfig, preset_configs, without_unlabelled
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores, model_row, paired_bootstrap, per_request_ndcg
 from edge_rec.distill.features import FeatureBuilder, N_ENGAGEMENT
@@ -331,7 +331,7 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
         raise DataError(f"the teacher in {teacher_dir} was trained on modalities {tmeta['config']['modalities']}, "
                         f"the dataset has {ds.modalities}; train the teacher on this dataset first.")
     hist_len = tmeta["hist_len"]
-    skw, tcfg = student_configs(preset, model_overrides, train_overrides)
+    skw, tcfg = without_unlabelled(*student_configs(preset, model_overrides, train_overrides), ds)
     tcfg = dataclasses.replace(tcfg, hist_len=hist_len, contrastive_weight=0.0)
     n = ds.requests["cand"].shape[1]
     tfb = FeatureBuilder.from_dataset(ds, hist_len)

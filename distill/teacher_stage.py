@@ -23,7 +23,7 @@ import torch
 
 from edge_rec.distill.baselines import run_baselines
 from edge_rec.distill.checkpoint import load_ranker, save_ranker
-from edge_rec.distill.configs import preset_configs
+from edge_rec.distill.configs import preset_configs, without_unlabelled
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores, model_row, paired_bootstrap, per_request_ndcg
 from edge_rec.distill.features import FeatureBuilder
@@ -92,7 +92,7 @@ def train_teacher(ds: Dataset, out: str | Path, *, preset: str = "default", mode
     early_fusion, late_fusion, teacher), ``teacher`` (config, throughput, the contrastive ablation).
     """
     out = Path(out)
-    model_kw, cfg = teacher_configs(preset, model_overrides, train_overrides)
+    model_kw, cfg = without_unlabelled(*teacher_configs(preset, model_overrides, train_overrides), ds)
     if _rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
     fb = FeatureBuilder.from_dataset(ds, cfg.hist_len)

@@ -655,6 +655,11 @@ def _manifest(model: torch.nn.Module, meta: dict[str, Any], fb: FeatureBuilder, 
         "sdk": {"name": "edge-rec", "version": __version__},
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "model": {"kind": meta.get("kind", "student"), "params": params, "macs_per_candidate": macs,
+                  # which heads were trained and how `score` combines their logits (a weight of 0: the
+                  # data had no label for that head, so it was not trained and does not vote)
+                  "score": {"formula": "sum of weight x logit over the heads",
+                            "weights": dict(zip(("click", "finish", "like"), [float(w) for w in model.score_w.tolist()])),
+                            "trained_heads": [t for t, w in zip(("click", "finish", "like"), model.score_w.tolist()) if w != 0]},
                   "hist_len": int(meta["hist_len"])},
         "signature": _signature(model, int(meta["hist_len"]), buckets, model.config.d_model),
         "modalities": {"kept": list(meta["kept_modalities"]), "pruned": list(meta.get("pruned_modalities", [])),

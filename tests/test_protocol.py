@@ -180,3 +180,14 @@ def test_a_log_without_creators_gives_feeds_without_creators(mm):
     order, _ = apply_policy(PostRankPolicy(max_per_creator=1, mmr_lambda=1.0, freshness_boost=0.0), rng.normal(size=n),
                             None, [None] * n, np.zeros(n), {})
     assert len(order) == n == len(set(order.tolist()))          # no cap applies to unknown creators
+
+
+def test_heads_without_labels_are_not_trained_and_do_not_vote(mm):
+    """Clicks only: the finish and like heads get loss weight 0 and score weight 0."""
+    from edge_rec.distill.configs import labelled_tasks, without_unlabelled
+    from edge_rec.distill.teacher_stage import teacher_configs
+
+    assert labelled_tasks(mm) == (True, False, False)
+    kw, cfg = without_unlabelled(*teacher_configs("tiny"), mm)
+    assert tuple(kw["score_weights"]) == (1.0, 0.0, 0.0) and cfg.task_weights[1:] == (0.0, 0.0)
+    assert cfg.task_weights[0] > 0
