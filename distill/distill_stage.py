@@ -217,6 +217,9 @@ def _prune_once(model: Student, ratio: float, example: dict[str, torch.Tensor]) 
         ignored_layers=ignored, num_heads={attn.q: heads, attn.k: heads, attn.v: heads},
         prune_num_heads=head_ratio > 0, prune_head_dims=False, head_pruning_ratio=head_ratio,
         output_transform=lambda out: out["score"].sum(),
+        # the token tables span d_model (dim 1), which stays fixed; named so torch-pruning does not warn
+        # about "unwrapped parameters" on every distill (it would pick the same dimension itself)
+        unwrapped_parameters=[(m.type_emb, 1), (m.mask_token, 1)],
     )
     pruner.step()
     attn.num_heads = attn.q.out_features // attn.head_dim

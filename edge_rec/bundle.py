@@ -296,6 +296,7 @@ def extract_bundle(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str
                             raise BundleError(f"{src}: member {i.filename!r} holds more than its declared size.")
                         fout.write(block)
             verify_bundle(tmp)
+            _normal_permissions(tmp)
             os.replace(tmp, out)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -304,6 +305,15 @@ def extract_bundle(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out
+
+
+def _normal_permissions(root: Path) -> None:
+    """mkdtemp's folders are owner-only: give the extracted bundle what a normal folder gets (umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [root, *root.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def check_golden(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None, *,

@@ -227,6 +227,9 @@ class OnnxExporter:
         call (dynamic int8 computes one activation scale per call: 0.05-0.5 off, see BATCH_TOL)."""
         os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")   # it compiles an extension; slow on 2 cores
         nncf = requires("nncf")
+        import logging
+
+        nncf.set_log_level(logging.ERROR)      # its INFO lines (ignored nodes, statistics) read like problems
         onnx = requires("onnx")
         if not ctx.calibration:
             raise ConfigError("static int8 needs calibration requests; none were given.")

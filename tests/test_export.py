@@ -90,6 +90,19 @@ def test_every_format_exports_and_passes_parity(tiny_run, manifest):
     assert manifest["parity"]["onnx"]["int8"]["passed"] is True
 
 
+def test_bundle_and_dataset_folders_get_normal_permissions(tiny_run):
+    """Staged in owner-only temp folders, they are given what a normal folder gets (the umask), so a CI
+    artifact upload or an app's asset step can read them."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    for d in (tiny_run / "bundle", tiny_run / "data"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~mask, d
+        f = next(p for p in d.rglob("*") if p.is_file())
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
+
+
 def test_manifest_is_valid_and_complete(bundle, manifest):
     jsonschema.Draft202012Validator(load_schema()).validate(manifest)
     assert verify_bundle(bundle)["schema_version"] == manifest["schema_version"]
