@@ -113,7 +113,8 @@ class ContentKNN:
         self.vectors: np.ndarray | None = None
 
     def fit(self, ds: Dataset) -> "ContentKNN":
-        mods = self.modalities or list(ds.embeddings)
+        collab = (ds.meta.get("collab") or {}).get("modality")          # not content: ALS factors
+        mods = self.modalities or [m for m in ds.embeddings if m != collab]
         parts = []
         for m in mods:
             e = ds.embeddings[m].astype(np.float64) * ds.present[m].astype(np.float64)[:, None]

@@ -211,7 +211,7 @@ def baseline_scorer(ds: Dataset, name: str, *, tune_requests: int | None = None)
         return (lambda req: np.broadcast_to(m.counts, (len(req), ds.n_items)).astype(np.float64)), {"fit": "training clicks"}
     if name == "content_knn":
         m = B.ContentKNN().fit(ds)
-        return m.request_scores, {"modalities": list(ds.embeddings)}
+        return m.request_scores, {"modalities": [k for k in ds.embeddings if k != (ds.meta.get("collab") or {}).get("modality")]}
     if name in ("als", "bpr"):
         make, grid = (B.IdOnly, B.ALS_GRID) if name == "als" else (B.BPR, B.BPR_GRID)
         m, trials = B.tune_on_validation(ds, make, grid, max_requests=tune_requests)
