@@ -27,6 +27,7 @@ from edge_rec.validate import EMBEDDING_LIMIT_FACTOR, FP16_MAX, checked_id, show
 
 # engine preference for backend="auto": the lightest runtime that needs no torch comes first
 AUTO_ORDER = ("ort", "onnx", "tflite", "coreml", "executorch")
+MAX_THREADS = 256        # beyond any phone or server CPU; an engine given more fails in its own way
 
 
 @dataclass
@@ -206,8 +207,12 @@ class Reranker:
         ``backend``: ``auto`` (the first of ort, onnx, tflite, coreml, executorch whose engine is
         installed and whose export passed its gates), or a format name. ``precision``: default int8
         where it passed its gates, else fp32."""
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ConfigError(f"threads={threads!r} must be a whole number >= 1 (the engine's intra-op threads).")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+            raise ConfigError(f"threads={threads!r} must be a whole number in [1, {MAX_THREADS}] (the engine's intra-op threads).")
+        if precision is not None and precision not in ("fp32", "fp16", "int8"):
+            raise ConfigError(f"precision={precision!r} is not one of fp32, fp16, int8 (or None: int8 where it passed its gates).")
+        if not isinstance(backend, str):
+            raise ConfigError(f"backend={backend!r} must be 'auto' or a format name ({', '.join(AUTO_ORDER)}).")
         root = Path(bundle)
         manifest = verify_bundle(root)
         if public_key is not None:

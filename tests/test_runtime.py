@@ -253,9 +253,13 @@ def test_bad_settings_are_config_errors(bundle, rr, feed):
                     (dict(freshness_tau_h=0), "freshness_tau_h"), (dict(skip_penalty=float("nan")), "skip_penalty")):
         with pytest.raises(ConfigError, match=msg):
             PostRankPolicy(**kw)
-    for threads in (0, -1, 1.5):
+    for threads in (0, -1, 1.5, 10**400):          # a huge count used to fail in the engine and fall back silently
         with pytest.raises(ConfigError, match="threads"):
             Reranker.open(bundle, backend="onnx", threads=threads)
+    with pytest.raises(ConfigError, match="precision='int4'"):
+        Reranker.open(bundle, precision="int4")
+    with pytest.raises(ConfigError, match="backend=5"):
+        Reranker.open(bundle, backend=5)
     for k in (-1, 2.5, "5", True):
         with pytest.raises(ConfigError, match="k="):
             rr.rerank(feed["candidates"], context=_ctx(feed), k=k)
