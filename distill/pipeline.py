@@ -166,7 +166,7 @@ def run_pipeline(
                        "planted_noise": planted.get("noise_modality"), "budget": mods["budget"],
                        "measured_on": mods["measured_on"],
                        **{k: mods[k] for k in ("importance_ci95", "within_noise", "validation_requests", "loo_repeats",
-                                                "importance_by_repeat", "retraining_sd") if k in mods}},
+                                                "importance_by_repeat", "retraining_sd", "fallback") if k in mods}},
         "student": dstage["student"],
         "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
                     for f, rows in ereport["exports"].items()},

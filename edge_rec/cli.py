@@ -221,6 +221,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if mods.get("within_noise"):
         print(f"within the measurement noise (the interval holds the budget {mods['budget']}): {mods['within_noise']}")
     print(f"kept {mods['kept']}  pruned {mods['pruned']}  (planted noise: {mods['planted_noise']})")
+    fb = mods.get("fallback") or {}
+    if fb.get("fired"):
+        print(f"note: modality pruning fell back: {fb['why']}. Both measures, per modality "
+              "(leave-one-out worth / teacher masking overall / on cold items):")
+        for m, v in fb["side_by_side"].items():
+            print(f"  {m:<10} {v['leave_one_out']:+.4f} / {_num(v['teacher_masking_overall'])} / {_num(v['teacher_masking_cold'])}")
     print(f"report: {Path(args.out) / 'report.json'}  student: {Path(args.out) / 'model.safetensors'}")
     return 0
 

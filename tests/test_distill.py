@@ -190,6 +190,21 @@ def test_distill_stage_end_to_end(tiny_world, teacher_dir, tmp_path):
     assert student.input_names == input_names({k: tiny_world.modalities[k] for k in mods["kept"]})
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["modalities"]["pruned"] == mods["pruned"]
+    assert mods["fallback"] == {"fired": False}
+
+
+@pytest.mark.slow
+def test_the_modality_pruning_fallback_says_it_fired(tiny_world, teacher_dir, tmp_path):
+    """A budget no modality pays: one modality is still kept, and the report (and the CLI) says that was
+    the fallback, not a measured decision, with leave-one-out and teacher masking side by side."""
+    rep = distill(tiny_world, teacher_dir, tmp_path, preset="tiny", train_overrides={"epochs": 1},
+                  config=DistillConfig(finetune_epochs=1, modality_budget=0.99), progress=False)
+    mods = rep["modalities"]
+    fb = mods["fallback"]
+    assert fb["fired"] and mods["kept"] == [fb["kept_by_fallback"]] and "budget 0.99" in fb["why"]
+    assert set(fb["side_by_side"]) == set(tiny_world.modalities)
+    for v in fb["side_by_side"].values():
+        assert v["leave_one_out"] < 0.99 and v["teacher_masking_overall"] is not None
 
 
 @pytest.mark.slow
