@@ -292,7 +292,7 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                              f"{_fmt(r.get('ndcg_retained'))} | {dev} |")
         lines += ["", "Weights KB: the constant tensors of the file (the rest is graph, which int8 does not shrink). "
                       "Batch dev: the largest change of a candidate's outputs when scored alone, shuffled, beside "
-                      "other candidates or stacked with masked copies (gate: 1e-5 fp32, 1e-4 int8)."]
+                      "other candidates or stacked with masked copies (gate: 1e-5 fp32, 1e-2 int8)."]
         fails = report.get("export_gate_failures") or []
         lines += ["", f"Gates: {'all passed' if not fails else '; '.join(fails)}. Bundle: `{report['bundle']['path']}` "
                       f"({report['bundle']['files']} files, manifest sha256 `{report['bundle']['manifest_sha256'][:16]}…`).", ""]

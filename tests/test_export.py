@@ -75,9 +75,9 @@ def test_every_format_exports_and_passes_parity(tiny_run, manifest):
             # a candidate's outputs do not depend on its neighbours: alone, shuffled, beside another
             # request's candidates, stacked with masked copies (static int8 included)
             bi = row["batch_invariance"]
-            assert bi["ok"] and bi["max_dev"] <= bi["tolerance"] <= 1e-4 and set(bi["by_variant"]) == \
+            assert bi["ok"] and bi["max_dev"] <= bi["tolerance"] <= 1e-2 and set(bi["by_variant"]) == \
                 {"alone", "shuffled", "with_others", "stacked_masked"}, (fmt, prec, bi)
-            assert bi["tolerance"] < bi["median_score_gap"] / 100
+            assert bi["tolerance"] < bi["median_score_gap"] / 10 and 0 <= bi["neighbour_pairs_within_tolerance"] < 0.2
             if prec == "fp32":
                 assert row["max_abs_err"] < 1e-4 and row["top10_overlap"] == 1.0
     assert rep["exports"]["tflite"]["fp32"]["compat"]["builtin_only"]
@@ -309,7 +309,7 @@ def test_dynamic_int8_fails_batch_invariance_and_auto_skips_it(tiny_run, tmp_pat
     fp16, dyn = rep["exports"]["onnx"]["fp16"], rep["exports"]["onnx"]["int8"]
     assert fp16["ok"] and fp16["spearman"] >= 0.99 and fp16["ort"]["ok"] and fp16["batch_invariance"]["ok"]
     assert dyn["ok"] and dyn["spearman"] >= 0.99 and dyn["compat"]["int8_mode"] == "dynamic"
-    assert not dyn["batch_invariance"]["ok"] and dyn["batch_invariance"]["max_dev"] > 1e-3
+    assert not dyn["batch_invariance"]["ok"] and dyn["batch_invariance"]["max_dev"] > 1e-2
     assert any("onnx/int8: a candidate's outputs change with the other candidates" in f for f in rep["gate_failures"])
     rr = Reranker.open(tmp_path / "b")
     assert (rr.format, rr.precision) == ("ort", "fp16")
