@@ -267,7 +267,19 @@ def full_catalogue_report(ds: Dataset, models: dict[str, str], *, split: str = "
                            "n_rows": int(len(rows.req)), "n_requests": int(len(rows.requests)), "n_cold": int(rows.cold.sum()),
                            "max_requests": max_requests, "models": {}}
     for name, spec in models.items():
-        if spec in BASELINES:
+        if ">" in spec:                                   # RETRIEVAL>K>RERANKER: two stages
+            try:
+                ret, k, rer = spec.split(">")
+                k_int = int(k)
+            except ValueError as exc:
+                raise ConfigError(f"a two-stage model is RETRIEVAL>K>RERANKER (e.g. als>200>runs/x/student), got {spec!r}.") from exc
+            if ret not in BASELINES or k_int < 1:
+                raise ConfigError(f"{spec!r}: the retrieval stage must be one of {', '.join(BASELINES)} and K >= 1.")
+            rscore, rinfo = baseline_scorer(ds, ret, tune_requests=max_requests)
+            pscore, pinfo = baseline_scorer(ds, rer, tune_requests=max_requests) if rer in BASELINES else model_scorer(ds, rer)[1:]
+            scorer = two_stage_scorer(ds, rscore, pscore, k=k_int)
+            info = {"retrieval": {"model": ret, "k": k_int, **rinfo}, "reranker": {"model": rer, **pinfo}}
+        elif spec in BASELINES:
             scorer, info = baseline_scorer(ds, spec, tune_requests=max_requests)
         else:
             _, scorer, info = model_scorer(ds, spec)
@@ -275,3 +287,40 @@ def full_catalogue_report(ds: Dataset, models: dict[str, str], *, split: str = "
         res["info"] = info
         out["models"][name] = res
     return out
+
+
+def two_stage_scorer(ds: Dataset, retrieval: Scorer, reranker: Scorer, *, k: int = 200, k_cold: int = 0,
+                     cold_retrieval: Scorer | None = None) -> Scorer:
+    """Server retrieval, then the reranker on what it retrieved (how production serves a feed).
+
+    Per request, ``retrieval`` (e.g. tuned ALS) gives its top ``k - k_cold`` items and
+    ``cold_retrieval`` (e.g. content kNN) its top ``k_cold`` among items with no training click (cold
+    or fresh items a CF model cannot score); the union is ranked by ``reranker``, ahead of every other
+    item, which keeps the retrieval order. Returns scores whose order is that ranking (values are
+    ranks-derived, not calibrated)."""
+    cold = np.asarray(ds.items["cold"]).astype(bool)
+    if k_cold and cold_retrieval is None:
+        raise ConfigError("k_cold > 0 needs a cold_retrieval scorer.")
+
+    def scores(req: np.ndarray) -> np.ndarray:
+        base = np.asarray(retrieval(req), np.float64)
+        order = np.argsort(-base, axis=1, kind="stable")
+        out = np.empty_like(base)
+        rows = np.arange(len(req))[:, None]
+        # below the retrieved set: the retrieval order, as negative ranks
+        out[rows, order] = -1.0 - np.arange(ds.n_items)[None, :]
+        chosen = np.zeros(base.shape, bool)
+        if k - k_cold > 0:
+            chosen[rows, order[:, : k - k_cold]] = True
+        if k_cold:
+            c = np.where(cold[None, :], np.asarray(cold_retrieval(req), np.float64), -np.inf)
+            top = np.argsort(-c, axis=1, kind="stable")[:, :k_cold]
+            ok = np.isfinite(np.take_along_axis(c, top, axis=1))
+            chosen[np.broadcast_to(rows, top.shape)[ok], top[ok]] = True
+        rr = np.asarray(reranker(req), np.float64)
+        # the reranked set first: its scores shifted above every negative rank
+        lo = np.where(chosen, rr, np.inf).min(axis=1, keepdims=True)
+        out = np.where(chosen, rr - lo + 1.0, out)
+        return out
+
+    return scores

@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         name, _, target = spec.partition("=")
         if not target:
             name, target = (spec, spec) if spec in BASELINES else (Path(spec).name, spec)
-        if target not in BASELINES and not Path(target).exists():
+        if ">" not in target and target not in BASELINES and not Path(target).exists():
             raise ConfigError(f"--model {spec}: {target} is not a baseline ({', '.join(BASELINES)}) nor an existing folder.")
         models[name] = target
     ds = Dataset.load(args.data)
@@ -606,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="dataset folder (edge-rec world / data convert)")
     e.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                    help="repeatable: popularity, content_knn, bpr, als (tuned on val), or NAME=FOLDER for a teacher, "
-                        "student or bundle folder (a bundle runs in edge_rec.runtime on its default engine)")
+                        "student or bundle folder (a bundle runs in edge_rec.runtime on its default engine), or "
+                        "NAME=RETRIEVAL>K>RERANKER for two stages (e.g. 'two=als>200>runs/x/bundle': ALS's top 200 "
+                        "reranked by the bundle, ahead of the rest in ALS's order)")
     e.add_argument("--split", default="test", choices=["val", "test"],
                    help="held-out split (default test; baselines are tuned on val)")
     e.add_argument("--max-requests", type=int, help="a seeded random subset of the split's requests (default: all)")

@@ -191,3 +191,29 @@ def test_heads_without_labels_are_not_trained_and_do_not_vote(mm):
     kw, cfg = without_unlabelled(*teacher_configs("tiny"), mm)
     assert tuple(kw["score_weights"]) == (1.0, 0.0, 0.0) and cfg.task_weights[1:] == (0.0, 0.0)
     assert cfg.task_weights[0] > 0
+
+
+def test_two_stage_ranks_the_retrieved_set_by_the_reranker_first(tiny_run):
+    """RETRIEVAL>K>RERANKER: the retrieval stage's top K, in the reranker's order, then the rest in the
+    retrieval order; with the reranker = the retrieval model itself it is the retrieval ranking."""
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.protocol import baseline_scorer, two_stage_scorer
+
+    ds = Dataset.load(tiny_run / "data")
+    rows = heldout_rows(ds, "test", max_requests=40)
+    pop, _ = baseline_scorer(ds, "popularity")
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(len(ds.requests["user"]), ds.n_items))
+    rand = lambda req: noise[req]                                              # noqa: E731
+    req = rows.requests[:5]
+    got = two_stage_scorer(ds, pop, rand, k=30)(req)
+    for b in range(len(req)):
+        top30 = set(np.argsort(-pop(req[b:b + 1])[0], kind="stable")[:30].tolist())
+        order = np.argsort(-got[b], kind="stable")
+        assert set(order[:30].tolist()) == top30                           # the retrieved set comes first
+        inside = order[:30]
+        assert (np.diff(noise[req[b]][inside]) <= 0).all()                # in the reranker's order
+    same = evaluate(ds, rows, two_stage_scorer(ds, pop, pop, k=30), n_boot=0)["recall@20"]
+    assert same == pytest.approx(evaluate(ds, rows, pop, n_boot=0)["recall@20"])
+    rep = full_catalogue_report(ds, {"two": f"als>50>{tiny_run / 'student'}"}, max_requests=40)
+    assert rep["models"]["two"]["info"]["retrieval"]["k"] == 50 and 0 <= rep["models"]["two"]["recall@20"] <= 1
