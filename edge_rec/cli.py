@@ -367,17 +367,32 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     context = {"now": feed.get("now"), "history": history, "history_total": feed.get("history_total")}
     context = {k: v for k, v in context.items() if v is not None}
     state = None
+    now = request_time(feed.get("now"))
     if args.state:
         state = UserState(args.state)
         if args.record_history and history:
             state.record_many(history)
+        # with a store the history comes from the store alone: say so, and warn when that drops the feed's
+        used = {"source": f"store {args.state}", "events": len(state.events(before=now))}
+        if history and not args.record_history:
+            print(f"edge-rec: note: the feed's {len(history)} history events are not used: with --state the "
+                  f"history is the store's ({used['events']} events before now); add --record-history to record "
+                  "the feed's events into the store first.", file=sys.stderr)
+    else:
+        used = {"source": "the feed's history", "events": sum(1 for e in history if e.ts < now)}
     try:
         ranked = rr.rerank(prepared, context=context, k=args.k, explain=args.explain, state=state).to_list()
     finally:
         if state is not None:
             state.close()
     _print({"bundle": str(args.bundle), "engine": rr.engine.name, "format": rr.format, "precision": rr.precision,
-            "candidates": len(feed["candidates"]), "ranked": ranked})
+            "candidates": len(feed["candidates"]), "history_used": used,
+            "columns": {"score": "the model's combined logit (what orders the feed before the policy)",
+                        "final_score": "score + the policy's adjustments (creator penalties, freshness boost); "
+                                       "the order also applies diversity and the per-creator cap",
+                        "p_click / p_finish / p_like": "each head's probability",
+                        "explanation": "per modality: score minus the score with that modality masked"},
+            "ranked": ranked})
     return 0
 
 

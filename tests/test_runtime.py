@@ -617,6 +617,11 @@ def test_rerank_cli_with_and_without_a_store(tiny_run, tmp_path, capsys):
     no_store = json.loads(capsys.readouterr().out)["ranked"]
     assert [r["item_id"] for r in with_store] == [r["item_id"] for r in no_store]
     assert [r["score"] for r in with_store] == pytest.approx([r["score"] for r in no_store], abs=1e-6)
+    # which history was used is said: a new store without --record-history drops the feed's, with a note
+    assert main(["rerank", "--bundle", b, "--feed", f, "--state", str(tmp_path / "new.db")]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["history_used"] == {"source": f"store {tmp_path / 'new.db'}", "events": 0}
+    assert f"the feed's {len(feed['history'])} history events are not used" in cap.err
     (tmp_path / "bad.json").write_text("{not json")
     assert main(["rerank", "--bundle", b, "--feed", str(tmp_path / "bad.json")]) == 2
     assert "not readable JSON" in capsys.readouterr().err
