@@ -449,7 +449,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     reference = _read_json(args.check, "--check (a reference of ratio bounds)") if args.check else None
     if reference is not None and not isinstance(reference.get("ratios"), dict):
         raise DataError(f"--check {args.check}: a reference is {{\"ratios\": {{name: {{\"min\"|\"max\": x}}}}}}; "
-                        "see benchmarks/reference.json.")
+                        "see edge_rec/bench_reference.json.")
+    if reference is not None:
+        # a ratio that cannot be measured without an input is a usage error now, not a "regression" later
+        needs = {"teacher_over_student_p50": ("--teacher", args.teacher), "teacher_over_student_size": ("--report", args.report)}
+        missing = [f"{name} needs {flag}" for name, (flag, given) in needs.items() if name in reference["ratios"] and not given]
+        if missing:
+            raise ConfigError(f"--check {args.check}: " + "; ".join(missing) + " (RUN/teacher and RUN/report.json of "
+                              "a pipeline run), or check against a reference without those ratios.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rep = B.run_bench(args.bundle, formats=formats, precisions=precisions, candidates=candidates, threads=threads,
@@ -739,8 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=int, default=200)
     be.add_argument("--teacher", help="teacher folder: adds the teacher/student speed ratio (needs torch)")
     be.add_argument("--report", help="the pipeline's report.json: adds teacher and student quality rows")
-    be.add_argument("--check", nargs="?", const="benchmarks/reference.json",
-                    help="exit 1 on a regression against this reference (default benchmarks/reference.json)")
+    be.add_argument("--check", nargs="?", const=str(Path(__file__).with_name("bench_reference.json")),
+                    help="exit 1 on a regression against this reference of ratio bounds (default: the one shipped "
+                         "with edge-rec, edge_rec/bench_reference.json; its teacher ratios need --teacher and "
+                         "--report)")
     be.add_argument("--package", help="write a self-contained device-farm runner zip instead of benchmarking")
     be.set_defaults(func=cmd_bench)
 
