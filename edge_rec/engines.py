@@ -12,6 +12,7 @@ Shapes follow the model I/O contract (one request): ``cand_*`` ``[N, ...]``, ``h
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -96,9 +97,10 @@ class ExecuTorchEngine:
                  output_names: Sequence[str] = (), **_: Any) -> None:
         if not input_names or not output_names:
             raise BundleError("an ExecuTorch model needs the bundle's input and output names (its inputs are positional).")
-        rt = requires("executorch.runtime")
-        self._torch = requires("torch")
-        self.method = rt.Runtime.get().load_program(str(path)).load_method("forward")
+        with _native_stderr_muted():
+            rt = requires("executorch.runtime")
+            self._torch = requires("torch")
+            self.method = rt.Runtime.get().load_program(str(path)).load_method("forward")
         self.input_names, self.output_names = list(input_names), list(output_names)
         self.fixed_n = None
         self.version = _dist_version("executorch")
@@ -107,6 +109,36 @@ class ExecuTorchEngine:
         x = _f32(inputs)
         outs = self.method.execute([self._torch.from_numpy(x[k]) for k in self.input_names])
         return {k: o.numpy().copy() for k, o in zip(self.output_names, outs)}
+
+
+@contextlib.contextmanager
+def _native_stderr_muted():
+    """Hold back what native code writes to file descriptor 2 while ExecuTorch loads: on a machine
+    without ARM CPU-id files its cpuinfo prints "Failed to open midr file ..." lines, and torchao
+    "Failed to load ..." for CUDA kernels a CPU never uses. They read like failures and are not. If
+    loading raises, what was written is passed on, so a real error is never hidden."""
+    import os
+    import sys
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):            # no real stderr (embedded interpreter): nothing to mute
+        yield
+        return
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            buf.seek(0)
+            os.write(2, buf.read()[-20000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class CoreMLEngine:
