@@ -217,3 +217,13 @@ def test_two_stage_ranks_the_retrieved_set_by_the_reranker_first(tiny_run):
     assert same == pytest.approx(evaluate(ds, rows, pop, n_boot=0)["recall@20"])
     rep = full_catalogue_report(ds, {"two": f"als>50>{tiny_run / 'student'}"}, max_requests=40)
     assert rep["models"]["two"]["info"]["retrieval"]["k"] == 50 and 0 <= rep["models"]["two"]["recall@20"] <= 1
+
+
+def test_ties_in_a_ranking_keep_the_feed_order():
+    """Equal scores (common in int8 files): the ranking is the feed's order, with the policy off and on."""
+    from edge_rec.policy import PostRankPolicy, apply_policy
+
+    score = np.array([0.5, 0.7, 0.5, 0.7, 0.5])
+    off, _ = apply_policy(PostRankPolicy(enabled=False), score, None, [None] * 5, np.zeros(5), {})
+    on, _ = apply_policy(PostRankPolicy(freshness_boost=0.0), score, None, [None] * 5, np.zeros(5), {})
+    assert off.tolist() == on.tolist() == [1, 3, 0, 2, 4]
