@@ -227,3 +227,16 @@ def test_ties_in_a_ranking_keep_the_feed_order():
     off, _ = apply_policy(PostRankPolicy(enabled=False), score, None, [None] * 5, np.zeros(5), {})
     on, _ = apply_policy(PostRankPolicy(freshness_boost=0.0), score, None, [None] * 5, np.zeros(5), {})
     assert off.tolist() == on.tolist() == [1, 3, 0, 2, 4]
+
+
+def test_mmssl_world_fixture_has_collaborative_warm_and_content_cold_structure():
+    """tests/fixtures/mmssl_world (the tiny world in the MMSSL layout, content weakened, no timestamps):
+    ID models carry warm items, content is all a cold item has — the shape of the real held-out set."""
+    ds = load_mmssl(Path(__file__).parent / "fixtures" / "mmssl_world")
+    assert ds.meta["has_timestamps"] is False and int(np.asarray(ds.items["cold"]).sum()) > 50
+    rep = full_catalogue_report(ds, {m: m for m in ("popularity", "content_knn", "bpr", "als")})
+    m = rep["models"]
+    assert rep["n_cold"] > 0
+    for cf in ("bpr", "als"):
+        assert m[cf]["warm.recall@20"] > m["content_knn"]["warm.recall@20"] and m[cf]["cold.recall@20"] == 0.0
+    assert m["content_knn"]["cold.recall@50"] > 0.0
