@@ -216,10 +216,14 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                   "|---|---|---|---|---|---|---|"]
         for name, r in fc["models"].items():
             lo, hi = r["ci95"].get("recall@20", [float("nan")] * 2)
+            info = r.get("info") or {}
+            if "precision" in info:                      # a bundle: the file the runtime picked
+                name = f"{name} ({info['format']}/{info['precision']})"
             lines.append(f"| {name} | {r['recall@20']:.4f} ({lo:.3f}–{hi:.3f}) | {r['ndcg@20']:.4f} | {r['recall@50']:.4f} | "
                          f"{_fmt(r['warm.recall@20'])} | {_fmt(r['cold.recall@20'])} | {r['median_rank']:.0f} |")
         lines += ["", "ALS and BPR are tuned on the validation split's full-catalogue Recall@20; "
-                      "`student.int8.runtime` is the bundle's default file run by `edge_rec.runtime`.", ""]
+                      "`student.int8.runtime` is the bundle's default file run by `edge_rec.runtime` (int8 "
+                      "unless its int8 files failed a gate; the file is named in brackets).", ""]
     lines += ["## Models (sampled: each test request's logged candidates + sampled negatives)", ""]
     cols = ["ndcg@10", "recall@20", "auc", "gauc", "mrr", "cold.ndcg@10", "params", "macs_per_candidate"]
     lines += ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
