@@ -240,3 +240,32 @@ def test_mmssl_world_fixture_has_collaborative_warm_and_content_cold_structure()
     for cf in ("bpr", "als"):
         assert m[cf]["warm.recall@20"] > m["content_knn"]["warm.recall@20"] and m[cf]["cold.recall@20"] == 0.0
     assert m["content_knn"]["cold.recall@50"] > 0.0
+
+
+def test_a_bundle_without_time_features_ignores_the_clock(tiny_run):
+    """A model trained on a log without timestamps saw constant time features; a bundle that says so
+    (manifest features.time_features = false) gets the same constants at any request time."""
+    from edge_rec.runtime import Reranker
+    from edge_rec.state import Event
+
+    rr = Reranker.open(tiny_run / "bundle", backend="onnx", precision="fp32")
+    feed = json.loads((tiny_run / "sample_feed.json").read_text())
+    hist = [Event(item_id=1, ts=feed["now"] - 7200.0), Event(item_id=2, ts=feed["now"] - 60.0)]
+    later = feed["now"] + 86400 * 3 + 3600
+
+    def feats(r, now):            # copies: the runtime reuses its input buffers between calls
+        return {k: v.copy() for k, v in r.features(r.prepare(feed["candidates"]), now, hist).items()}
+
+    timed = [feats(rr, now) for now in (feed["now"], later)]
+    for k in ("cand_dense", "hist_age", "context"):
+        assert not np.array_equal(timed[0][k], timed[1][k]), k
+    manifest = json.loads(json.dumps(rr.manifest))
+    manifest["features"]["time_features"] = False
+    flat = Reranker(rr.root, manifest, rr.engine, rr.format, rr.precision, None)
+    a, b = (feats(flat, now) for now in (feed["now"], later))
+    for k in ("cand_dense", "hist_age", "context"):
+        assert np.array_equal(a[k], b[k]), k
+    assert not a["hist_age"].any() and np.allclose(a["cand_dense"][:, 1], (np.log1p(0.0) - 4.0) / 2.0)
+    assert a["context"][1] == 0.0 and a["context"][2] == 1.0               # hour 0
+    fb = FeatureBuilder.from_dataset(load_mmssl(FIXTURE), hist_len=4)
+    assert fb.normalisation()["time_features"] is False
