@@ -193,6 +193,7 @@ class Reranker:
                       "hist_weight": np.zeros(self.hist_len, np.float32),
                       "hist_age": np.zeros(self.hist_len, np.float32), "context": np.zeros(3, np.float32)}
         self._hist_key: list[tuple[Any, ...]] | None = None
+        self._checked_events: dict[int, tuple[Event, tuple[Any, ...]]] = {}
         self._hist_ts = np.zeros(0, np.float64)
 
     # ---- opening --------------------------------------------------------------------------------
@@ -415,6 +416,9 @@ class Reranker:
         for h in history:
             lenient = isinstance(h, Event)
             if lenient:
+                if self._event_seen(h):                  # checked before and unchanged since
+                    out.append(h)
+                    continue
                 _check_event(h)
                 e = h
             else:
@@ -429,8 +433,38 @@ class Reranker:
                 if len(v) != self.modalities[m]:
                     raise DataError(f"{where}: modality {m!r} has {len(v)} dims; the bundle expects {self.modalities[m]}.")
                 self._check_range(np.asarray(v, np.float32)[None], m, lambda _: where)
+            if lenient:
+                self._event_passed(e)
             out.append(e)
         return out
+
+    def _fingerprint(self, e: Event) -> tuple[Any, ...] | None:
+        """What an :class:`Event`'s check depends on, cheap to compare: its fields and the identity of
+        its embedding arrays. None when an array could change in place (writeable), so it is checked
+        at every call."""
+        embs = e.embeddings
+        if type(embs) is not dict:
+            return None
+        vals = list(embs.values())
+        for v in vals:
+            if type(v) is not np.ndarray or v.flags.writeable:
+                return None
+        return (e.item_id, e.ts, e.watch_ms, e.duration_ms, e.finish, e.skip, e.like, e.share, e.creator_id,
+                e.sentiment, tuple(embs), tuple(map(id, vals)))
+
+    def _event_seen(self, e: Event) -> bool:
+        hit = self._checked_events.get(id(e))
+        return hit is not None and hit[0] is e and hit[1] == self._fingerprint(e)
+
+    def _event_passed(self, e: Event) -> None:
+        """Remember an Event that passed its checks (its arrays read-only: the store's, or decoded from
+        JSON here), so a history handed in again at the next swipe is not checked again. Bounded."""
+        fp = self._fingerprint(e)
+        if fp is None:
+            return
+        if len(self._checked_events) >= 4 * max(self.hist_len, 256):
+            self._checked_events.clear()
+        self._checked_events[id(e)] = (e, fp)
 
     # ---- scoring --------------------------------------------------------------------------------
     def score(self, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -585,10 +619,15 @@ def _event(d: Mapping[str, Any]) -> Event:
               like=to_flag(d.get("like"), f"{where}: like"), share=to_flag(d.get("share"), f"{where}: share"),
               creator_id=None if creator is None else to_id(creator, f"{where}: creator_id"),
               sentiment=None if sentiment is None else to_number(sentiment, f"{where}: sentiment"),
-              embeddings={m: decode_embedding(v, f"{where}, modality {m!r}") for m, v in (embs or {}).items()
+              embeddings={m: _read_only(decode_embedding(v, f"{where}, modality {m!r}")) for m, v in (embs or {}).items()
                           if v is not None})
     _check_event(e)
     return e
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _creator_signals(history: Sequence[Event], now: float, window_s: float = 3600.0) -> dict[int, dict[str, float]]:

@@ -485,3 +485,20 @@ def test_signed_bundles_sign_verify_tamper_wrong_key_unsigned(bundle, tmp_path, 
         Reranker.open(signed, public_key=pub)
     assert main_rc(["rerank", "--bundle", str(signed), "--feed", str(bundle.parent / "sample_feed.json"),
                     "--public-key", str(pub)]) == 2
+
+
+def test_a_checked_event_changed_in_place_is_checked_again(engines, feed):
+    """Events are checked once and remembered while unchanged (a swipe hands the same history again);
+    a field changed in place, or a writeable array, is checked at the next call."""
+    rr = engines["onnx-fp32"]
+    hist = rr.parse_history(feed["history"])
+    assert rr.rerank(feed["candidates"], context=_ctx(feed, hist))
+    assert all(rr._event_seen(e) for e in hist)
+    hist[0].like = "yes"
+    with pytest.raises(DataError, match="like must be true or false"):
+        rr.rerank(feed["candidates"], context=_ctx(feed, hist))
+    hist[0].like = False
+    m = next(iter(rr.modalities))
+    hist[1].embeddings = dict(hist[1].embeddings, **{m: np.full(rr.modalities[m], np.nan, np.float32)})
+    with pytest.raises(DataError):
+        rr.rerank(feed["candidates"], context=_ctx(feed, hist))
