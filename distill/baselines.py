@@ -191,24 +191,25 @@ ALS_GRID = [IdOnlyConfig(factors=f, regularization=r, alpha=a) for f in (32, 64,
 BPR_GRID = [BPRConfig(factors=f, learning_rate=lr) for f in (32, 64) for lr in (0.01, 0.05)]
 
 
-def tune_on_validation(ds: Dataset, make: Any, grid: list[Any], *, max_requests: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
+def tune_on_validation(ds: Dataset, make: Any, grid: list[Any], *,
+                       max_requests: int | None = None) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """Fit ``make(config)`` for every config of ``grid`` on the training split and keep the one with
     the best full-catalogue Recall@20 on the validation split (the test split is never read here).
-    Returns (the fitted best model, [{config, val recall@20}])."""
+    Returns (the fitted best model, its trial, every trial: {config, val.recall@20})."""
     from edge_rec.distill.protocol import evaluate, heldout_rows
 
     rows = heldout_rows(ds, "val", max_requests=max_requests)
     if len(rows.req) == 0:
-        m = make(grid[0]).fit(ds)
-        return m, [{"config": asdict(grid[0]), "val.recall@20": None}]
-    trials, best, best_score = [], None, -1.0
+        trial = {"config": asdict(grid[0]), "val.recall@20": None}
+        return make(grid[0]).fit(ds), trial, [trial]
+    trials, best, best_trial, best_score = [], None, None, -1.0
     for cfg in grid:
         m = make(cfg).fit(ds)
         r20 = evaluate(ds, rows, lambda req, m=m: m.item_scores(ds.requests["user"][req]), n_boot=0)["recall@20"]
         trials.append({"config": asdict(cfg), "val.recall@20": r20})
         if r20 > best_score:
-            best, best_score = m, r20
-    return best, trials
+            best, best_trial, best_score = m, trials[-1], r20
+    return best, best_trial, trials
 
 
 def run_baselines(
@@ -253,7 +254,7 @@ def add_collab_modality(ds: Dataset, *, name: str = "collab", max_requests: int 
 
     if name in ds.embeddings:
         raise DataError(f"the dataset already has a modality {name!r}; choose another --name.")
-    model, trials = tune_on_validation(ds, IdOnly, ALS_GRID, max_requests=max_requests)
+    model, best, trials = tune_on_validation(ds, IdOnly, ALS_GRID, max_requests=max_requests)
     vf = np.asarray(model.item_factors, np.float64)
     present = np.abs(vf).sum(axis=1) > 0
     rms = float(np.sqrt((vf[present] ** 2).mean())) if present.any() else 1.0
@@ -262,7 +263,6 @@ def add_collab_modality(ds: Dataset, *, name: str = "collab", max_requests: int 
     out.embeddings = {**ds.embeddings, name: emb}
     out.present = {**ds.present, name: present}
     out.meta = dict(ds.meta)
-    best = max(trials, key=lambda t: t["val.recall@20"] or 0.0)
     info = {"modality": name, "model": "implicit ALS on training clicks", "dim": int(emb.shape[1]),
             "items_with_factor": int(present.sum()), "items": int(ds.n_items), "config": best["config"],
             "val.recall@20": best["val.recall@20"], "trials": trials, "scale": "unit RMS over items with a factor"}

@@ -302,16 +302,11 @@ def inspect(ds: Dataset) -> dict[str, Any]:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished folder into place; an existing ``dst`` is swapped out, then removed.
+    """Move a finished folder into place (with normal permissions: it was staged owner-only); an
+    existing ``dst`` is swapped out, then removed."""
+    from edge_rec.bundle import normal_permissions
 
-    ``src`` was staged with :func:`tempfile.mkdtemp`, which makes it owner-only (0700); before it
-    becomes the result it gets the permissions a normal folder would (the process umask applied to
-    0777 / 0666), so a CI artifact or an app's assets can be read by the tools that need them."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in [src, *src.rglob("*")]:
-        if not p.is_symlink():
-            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+    normal_permissions(src)
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

@@ -82,7 +82,6 @@ def ranks(ds: Dataset, rows: Rows, scorer: Scorer, batch: int = 64, progress: bo
     upload = np.asarray(ds.items["upload_ts"], np.float64)
     timed = has_time(ds)
     reqs = rows.requests
-    pos_of = {int(r): rows.item[rows.req == r] for r in reqs} if len(reqs) < 50_000 else None
     rank = np.zeros(len(rows.req), np.int64)
     tied = np.zeros(len(rows.req), bool)
     row_index = {}
@@ -105,8 +104,7 @@ def ranks(ds: Dataset, rows: Rows, scorer: Scorer, batch: int = 64, progress: bo
             excluded[it["item"][offsets[u]:rq["hist_end"][r]]] = True
             if timed:
                 excluded |= upload > rq["ts"][r]
-            positives = pos_of[r] if pos_of is not None else rows.item[rows.req == r]
-            excluded[positives] = True
+            excluded[rows.item[row_index[r]]] = True           # the request's positives
             s[excluded] = -np.inf
             finite_bad = ~np.isfinite(scores[b][~excluded])
             if finite_bad.any():
@@ -214,9 +212,9 @@ def baseline_scorer(ds: Dataset, name: str, *, tune_requests: int | None = None)
         return m.request_scores, {"modalities": [k for k in ds.embeddings if k != (ds.meta.get("collab") or {}).get("modality")]}
     if name in ("als", "bpr"):
         make, grid = (B.IdOnly, B.ALS_GRID) if name == "als" else (B.BPR, B.BPR_GRID)
-        m, trials = B.tune_on_validation(ds, make, grid, max_requests=tune_requests)
+        m, best, trials = B.tune_on_validation(ds, make, grid, max_requests=tune_requests)
         return (lambda req: m.item_scores(users[req])), {"tuned_on": "val recall@20 (full catalogue)", "trials": trials,
-                                                         "config": trials[int(np.nanargmax([t["val.recall@20"] or 0 for t in trials]))]["config"]}
+                                                         "config": best["config"]}
     raise ConfigError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}, or give a teacher, "
                       "student or bundle folder.")
 

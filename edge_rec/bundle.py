@@ -296,7 +296,7 @@ def extract_bundle(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str
                             raise BundleError(f"{src}: member {i.filename!r} holds more than its declared size.")
                         fout.write(block)
             verify_bundle(tmp)
-            _normal_permissions(tmp)
+            normal_permissions(tmp)
             os.replace(tmp, out)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -307,8 +307,10 @@ def extract_bundle(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str
     return out
 
 
-def _normal_permissions(root: Path) -> None:
-    """mkdtemp's folders are owner-only: give the extracted bundle what a normal folder gets (umask)."""
+def normal_permissions(root: Path) -> None:
+    """Give a folder staged with :func:`tempfile.mkdtemp` (owner-only, 0700) and everything in it the
+    permissions a normal folder would get (the process umask applied to 0777 / 0666), so a CI artifact
+    or an app's assets can be read by the tools that need them."""
     mask = os.umask(0)
     os.umask(mask)
     for p in [root, *root.rglob("*")]:

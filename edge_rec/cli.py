@@ -363,11 +363,10 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     # feed's history recorded (a corrected rerun would then record it twice)
     prepared = rr.prepare(feed["candidates"])
     history = rr.parse_history(feed.get("history") or [])
-    request_time(feed.get("now"))
+    now = request_time(feed.get("now"))
     context = {"now": feed.get("now"), "history": history, "history_total": feed.get("history_total")}
     context = {k: v for k, v in context.items() if v is not None}
     state = None
-    now = request_time(feed.get("now"))
     if args.state:
         state = UserState(args.state)
         if args.record_history and history:

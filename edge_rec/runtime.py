@@ -43,12 +43,15 @@ class Candidate:
     embeddings: dict[str, Any] = field(default_factory=dict)
     _decoded: dict[str, np.ndarray | None] | None = field(default=None, repr=False, compare=False)
 
-    def array(self, m: str) -> np.ndarray | None:
-        """Modality ``m``'s embedding decoded to float32 and checked (None when the candidate lacks it),
-        once: a feed is fetched once and reranked at every swipe, so decoding must not be paid again."""
+    def _check_mapping(self) -> None:
         if not isinstance(self.embeddings, Mapping):
             raise DataError(f"candidate {self.item_id}: embeddings must be a mapping {{modality: vector}}, "
                             f"got {show(self.embeddings)}.")
+
+    def array(self, m: str) -> np.ndarray | None:
+        """Modality ``m``'s embedding decoded to float32 and checked (None when the candidate lacks it),
+        once: a feed is fetched once and reranked at every swipe, so decoding must not be paid again."""
+        self._check_mapping()
         if self._decoded is None:
             self._decoded = {}
         if m not in self._decoded:
@@ -58,8 +61,7 @@ class Candidate:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every embedding the candidate carries, decoded (see :meth:`array`)."""
-        if not isinstance(self.embeddings, Mapping):
-            self.array("")                                  # raises the DataError
+        self._check_mapping()
         return {m: a for m in self.embeddings if (a := self.array(m)) is not None}
 
     @classmethod
@@ -288,9 +290,7 @@ class Reranker:
             raise DataError(f"duplicate item ids in the feed: {u[cnt > 1][:10].tolist()}; send each item once.")
         known = self.modalities.keys() | self.pruned
         for c in cands:
-            if not isinstance(c.embeddings, Mapping):
-                raise DataError(f"candidate {c.item_id}: embeddings must be a mapping {{modality: vector}}, "
-                                f"got {show(c.embeddings)}.")
+            c._check_mapping()
             if not c.embeddings.keys() <= known:
                 unknown = [m for m in c.embeddings if m not in known]
                 raise DataError(f"candidate {c.item_id}: unknown modality {unknown}; this bundle knows "

@@ -205,7 +205,7 @@ list (0.136 on the default student; 5 % of neighbouring pairs are closer than 1e
 gives that share per file). fp16: half-precision rounding of the same sums."""
 
 
-def batch_invariance(engine: Any, reqs: Requests, n_requests: int = 24, alone: int = 6) -> dict[str, Any]:
+def batch_invariance(engine: Any, reqs: Requests, tolerance: float, n_requests: int = 24, alone: int = 6) -> dict[str, Any]:
     """How much each candidate's outputs depend on the other rows of its call, on real requests.
 
     For each of the first ``n_requests`` lists, every output (``score``, the heads, ``fused``) of each
@@ -213,12 +213,13 @@ def batch_invariance(engine: Any, reqs: Requests, n_requests: int = 24, alone: i
     ``alone`` of them), (c) in a shuffled list, (d) with the candidates of another request appended
     (another bucket for bucketed engines, other rows that could widen a per-call range), and (e) with
     masked copies of the list appended, as a batched explanation would stack them. Returns the
-    largest absolute deviation per variant and overall (``max_dev``), and the median gap between
-    neighbouring scores of a list (what a deviation must stay far below not to reorder it)."""
+    largest absolute deviation per variant and overall (``max_dev``), whether it is within
+    ``tolerance`` (``ok``), the median gap between neighbouring scores of a list (what a deviation must
+    stay far below not to reorder it) and the share of neighbouring pairs closer than ``tolerance``
+    (the pairs a deviation within it could swap)."""
     rng = np.random.default_rng(0)
     dev = {"alone": 0.0, "shuffled": 0.0, "with_others": 0.0, "stacked_masked": 0.0}
-    gaps: list[float] = []
-    gaps_all: list[np.ndarray] = []
+    gaps: list[np.ndarray] = []
     reqs_n = min(n_requests, len(reqs.inputs))
 
     def worst(a: dict[str, np.ndarray], b: dict[str, np.ndarray], rows: np.ndarray) -> float:
@@ -235,8 +236,7 @@ def batch_invariance(engine: Any, reqs: Requests, n_requests: int = 24, alone: i
         base = {k: np.asarray(v)[:n] for k, v in base.items()}
         s = np.sort(base["score"].astype(np.float64))
         if n > 1:
-            gaps.append(float(np.median(np.diff(s))))
-            gaps_all.append(np.diff(s))
+            gaps.append(np.diff(s))
         for i in range(min(alone, n)):
             got = engine.run(cand(x, lambda v: v[i:i + 1]))
             dev["alone"] = max(dev["alone"], worst(got, {k: v[i:i + 1] for k, v in base.items()}, np.arange(1)))
@@ -262,8 +262,11 @@ def batch_invariance(engine: Any, reqs: Requests, n_requests: int = 24, alone: i
             stacked[k] = np.concatenate(parts, axis=0)
         got = engine.run(stacked)
         dev["stacked_masked"] = max(dev["stacked_masked"], worst(got, base, np.arange(n)))
-    return {"n_requests": reqs_n, "max_dev": max(dev.values()), "by_variant": dev,
-            "median_score_gap": float(np.median(gaps)) if gaps else None, "_gaps": gaps_all}
+    g = np.concatenate(gaps) if gaps else np.zeros(0)
+    worst = max(dev.values())
+    return {"n_requests": reqs_n, "max_dev": worst, "by_variant": dev, "tolerance": tolerance, "ok": worst <= tolerance,
+            "median_score_gap": float(np.median([np.median(x) for x in gaps])) if gaps else None,
+            "neighbour_pairs_within_tolerance": float((g < tolerance).mean()) if len(g) else None}
 
 
 def _open(art: list[Artifact], fmt: str, input_names: list[str]) -> Any:
@@ -506,12 +509,7 @@ def _export_one(model: torch.nn.Module, fmt: str, prec: str, ctx: ExportContext,
         got = run_all(engine, reqs)
         row.update(parity_metrics(ref, got, reqs.labels, ref_q))
         row["padding"] = padding_check(engine, reqs.inputs[0], [a.bucket for a in main] if main[0].bucket else None)
-        row["batch_invariance"] = bi = batch_invariance(engine, reqs)
-        bi["tolerance"] = BATCH_TOL[prec]
-        bi["ok"] = bi["max_dev"] <= BATCH_TOL[prec]
-        g = np.concatenate(bi.pop("_gaps")) if bi.get("_gaps") else np.zeros(0)
-        # the share of neighbouring scores closer than the tolerance: the pairs a deviation within it could swap
-        bi["neighbour_pairs_within_tolerance"] = float((g < BATCH_TOL[prec]).mean()) if len(g) else None
+        row["batch_invariance"] = batch_invariance(engine, reqs, BATCH_TOL[prec])
         golden_engines[f"{fmt}/{prec}"] = (main, engine, row["max_abs_err"])
         for extra in (a for a in arts if a.format != fmt):         # the .ort twin of an .onnx
             eng = open_engine(extra.format, extra.path)
