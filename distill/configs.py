@@ -55,6 +55,14 @@ class TrainConfig:
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.1
     max_train_requests: int = 0
+    # training on the catalogue as it will be ranked: this many uniform catalogue negatives join each
+    # request's logged candidates (label 0, in the listwise loss only; see features.CatalogueNegatives)
+    catalogue_negatives: int = 0
+    # the early-stopping / best-epoch metric: "sampled" = NDCG@10 over each validation request's logged
+    # candidates, "full" = Recall@20 of the papers' protocol (whole catalogue, earlier items masked)
+    # on ``select_requests`` validation requests
+    select_on: str = "sampled"
+    select_requests: int = 300
     device: str = "auto"
     compile: bool = False
     bf16: bool = True
@@ -64,6 +72,11 @@ class TrainConfig:
             raise ConfigError(f"epochs, batch_size and lr must be positive (got {self.epochs}, {self.batch_size}, {self.lr}).")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} unknown; use auto, cpu, cuda, cuda:N or mps.")
+        if self.select_on not in ("sampled", "full"):
+            raise ConfigError(f"select_on must be 'sampled' or 'full', got {self.select_on!r}.")
+        if self.catalogue_negatives < 0 or self.select_requests < 1:
+            raise ConfigError(f"catalogue_negatives must be >= 0 and select_requests >= 1 "
+                              f"(got {self.catalogue_negatives}, {self.select_requests}).")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -47,11 +47,12 @@ from edge_rec.distill.trainer import load_checkpoint, model_inputs, predict, to_
 
 STUDENT_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {"model": dict(d_model=16, num_heads=2, ffn_dim=32, head_hidden=24, input_noise=0.5),
-             "train": dict(epochs=4, batch_size=32, lr=3e-3, patience=3)},
+             "train": dict(epochs=4, batch_size=32, lr=3e-3, patience=3, catalogue_negatives=16, select_on="full")},
     "default": {"model": dict(d_model=32, num_heads=2, ffn_dim=64, head_hidden=48, input_noise=0.5),
-                "train": dict(epochs=5, batch_size=64, lr=3e-3, max_train_requests=12000, patience=3)},
+                "train": dict(epochs=5, batch_size=64, lr=3e-3, max_train_requests=12000, patience=3,
+                              catalogue_negatives=64, select_on="full")},
     "large": {"model": dict(d_model=64, num_heads=4, ffn_dim=128, head_hidden=96, input_noise=0.5),
-              "train": dict(epochs=8, batch_size=256, lr=2e-3, patience=3)},
+              "train": dict(epochs=8, batch_size=256, lr=2e-3, patience=3, catalogue_negatives=128, select_on="full")},
 }
 
 
@@ -83,9 +84,13 @@ def kd_loss(student: nn.Module, cache: dict[str, np.ndarray], cfg: DistillConfig
         if (r < 0).any():
             raise DataError("a training request has no cached teacher output; rebuild the cache.")
         tl = logits_all[r].to(out["logits"].device)                           # (B, N, 3)
-        valid = t["valid"]
+        # the teacher scored the logged candidates only: catalogue negatives (columns N..) are
+        # trained by the label loss alone
+        n = tl.shape[1]
+        valid = t["valid"][:, :n]
         denom = valid.sum().clamp(min=1.0)
-        sl = out["logits"].float()
+        sl = out["logits"][:, :n].float()
+        out = {**out, "score": out["score"][:, :n], "fused": out["fused"][:, :n]}
         loss = sl.new_zeros(())
         if cfg.pointwise_weight > 0:
             pw = F.binary_cross_entropy_with_logits(sl / T, torch.sigmoid(tl / T), reduction="none").sum(-1)
@@ -397,6 +402,8 @@ def distill(ds: Dataset, teacher_dir: str | Path, out: str | Path, *, preset: st
         return trained[name]
 
     def best_val(name: str) -> float:
+        # modality worth stays the sampled validation NDCG@10 of each arm's selected epoch: the measure
+        # the budget and loo_uncertainty's per-request intervals are defined on
         return models[name]["train"]["best_val_ndcg@10"]
 
     # Modality worth: leave one modality out, re-distil, and measure the validation NDCG@10 lost.

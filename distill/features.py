@@ -134,14 +134,21 @@ class FeatureBuilder:
         hi = np.searchsorted(self.click_keys, items * self.span + (ts[:, None] - self.t0), side="left")
         return (np.log1p(hi - lo) - self.pop_scale[0]) / self.pop_scale[1]
 
-    def build(self, ds: Dataset, idx: np.ndarray, cand: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def build(self, ds: Dataset, idx: np.ndarray, cand: np.ndarray | None = None,
+              extra: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """All inputs and labels for requests ``idx`` (see the module docstring for shapes).
 
         ``cand`` [len(idx), N] item ids (-1 = padding) scores other candidates than the logged ones
-        with each request's history and clock (the full-catalogue protocol); labels are then zeros."""
+        with each request's history and clock (the full-catalogue protocol); labels are then zeros.
+        ``extra`` [len(idx), K] appends K negatives (label 0) after the logged candidates: training on the
+        catalogue as it will be ranked (see :class:`CatalogueNegatives`). ``labelled`` [B, N(+K)] marks
+        the logged candidates, the only ones whose labels are observed outcomes."""
         rq = ds.requests
         own = cand is None
         cand = rq["cand"][idx] if own else np.asarray(cand, np.int64)
+        n_own = cand.shape[1]
+        if extra is not None:
+            cand = np.concatenate([cand, np.asarray(extra, np.int64)], axis=1)
         valid = cand >= 0
         c = np.where(valid, cand, 0)
         ts = rq["ts"][idx]
@@ -155,7 +162,7 @@ class FeatureBuilder:
         else:
             cnt = self.static_counts[c]
             if own:       # a training request's own clicks are its labels: not part of its features
-                cnt = cnt - rq["click"][idx] * (rq["split"][idx] == 0)[:, None]
+                cnt[:, :n_own] = cnt[:, :n_own] - rq["click"][idx] * (rq["split"][idx] == 0)[:, None]
             pop = (np.log1p(np.maximum(cnt, 0.0)) - self.pop_scale[0]) / self.pop_scale[1]
         out["cand_dense"] = np.stack([self.duration[c], (np.log1p(age_h) - 4.0) / 2.0, pop],
                                      axis=-1).astype(np.float32) * valid[..., None]
@@ -175,9 +182,46 @@ class FeatureBuilder:
         hour = (ts % 86400.0) / 86400.0 * 2 * np.pi if self.timed else np.zeros(len(ts))
         out["context"] = np.stack([np.log1p(end - start), np.sin(hour), np.cos(hour)], axis=1).astype(np.float32)
         out["valid"] = valid.astype(np.float32)
+        out["labelled"] = out["valid"].copy()
+        out["labelled"][:, n_own:] = 0.0
         for lab in ("click", "finish", "like"):
-            out[lab] = rq[lab][idx].astype(np.float32) if own else np.zeros(cand.shape, np.float32)
+            y = np.zeros(cand.shape, np.float32)
+            if own:
+                y[:, :n_own] = rq[lab][idx]
+            out[lab] = y
         return out
+
+
+class CatalogueNegatives:
+    """Negatives drawn uniformly from the catalogue as the full-catalogue protocol ranks it.
+
+    A logged request pairs its positives with the impressions around them (and, for logs that have
+    none, negatives a loader sampled, often by popularity). A model trained only on those learns what
+    separates a click from *its neighbours in the feed*; served over the whole catalogue, or over what
+    a retrieval stage returns, it meets items it never learnt to push down. Uniform draws need no
+    correction (log Q is the same constant for every item): for a request at time ``ts`` they come from
+    the items uploaded by then (every item for a dataset without time); a draw that is one of the
+    request's own candidates is dropped (-1)."""
+
+    def __init__(self, ds: Dataset) -> None:
+        upload = np.asarray(ds.items["upload_ts"], np.float64)
+        self.timed = bool(ds.meta.get("has_timestamps", True))
+        self.order = np.argsort(upload, kind="stable") if self.timed else np.arange(ds.n_items)
+        self.sorted_upload = upload[self.order]
+        self.n_items = ds.n_items
+
+    def sample(self, ds: Dataset, idx: np.ndarray, k: int, gen: np.random.Generator) -> np.ndarray:
+        """[len(idx), k] item ids (-1 = dropped)."""
+        idx = np.asarray(idx)
+        if self.timed:
+            avail = np.searchsorted(self.sorted_upload, ds.requests["ts"][idx], side="right")
+        else:
+            avail = np.full(len(idx), self.n_items)
+        pos = np.floor(gen.random((len(idx), k)) * np.maximum(avail, 1)[:, None]).astype(np.int64)
+        items = self.order[np.minimum(pos, self.n_items - 1)]
+        own = ds.requests["cand"][idx]
+        clash = (items[:, :, None] == own[:, None, :]).any(-1) | (avail[:, None] <= 0)
+        return np.where(clash, -1, items)
 
 
 def input_names(modalities: dict[str, int]) -> list[str]:

@@ -26,6 +26,7 @@ for each request. :func:`neural_scorer` builds one for a teacher or student (PyT
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -160,14 +161,15 @@ def evaluate(ds: Dataset, rows: Rows, scorer: Scorer, **kw: Any) -> dict[str, An
 
 # ---- scorers for the project's own models ---------------------------------------------------------------
 def neural_scorer(ds: Dataset, model: Any, hist_len: int, modalities: list[str], *, engine: Any = None,
-                  item_chunk: int = 4096, candidates_per_call: int = 8192) -> Scorer:
+                  item_chunk: int = 4096, candidates_per_call: int = 8192, fb: Any = None,
+                  device: Any = None) -> Scorer:
     """Scores of every item for each request by a teacher or student (PyTorch), or — with ``engine``
     (an :mod:`edge_rec.engines` engine, e.g. ``Reranker.open(bundle).engine``) — by an exported file
     in its own runtime. Features are built as training built them, with each request's history and
     clock and the catalogue as its candidates, ``item_chunk`` items per call."""
     from edge_rec.distill.features import FeatureBuilder
 
-    fb = FeatureBuilder.from_dataset(ds, hist_len=hist_len, modalities=modalities)
+    fb = fb or FeatureBuilder.from_dataset(ds, hist_len=hist_len, modalities=modalities)
     names = list(model.input_names) if model is not None else list(engine.input_names)
     all_items = np.arange(ds.n_items, dtype=np.int64)
 
@@ -188,8 +190,9 @@ def neural_scorer(ds: Dataset, model: Any, hist_len: int, modalities: list[str],
                     sub = req[b0:b0 + per]
                     x = fb.build(ds, sub, cand=np.broadcast_to(items, (len(sub), len(items))))
                     with torch.no_grad():
-                        o = model(**{k: torch.from_numpy(np.ascontiguousarray(x[k], np.float32)) for k in names})
-                    out[b0:b0 + len(sub), c0:c0 + len(items)] = o["score"].numpy()
+                        o = model(**{k: torch.from_numpy(np.ascontiguousarray(x[k], np.float32)).to(device or "cpu")
+                                     for k in names})
+                    out[b0:b0 + len(sub), c0:c0 + len(items)] = o["score"].float().cpu().numpy()
         return out
 
     return scores
@@ -264,39 +267,108 @@ def full_catalogue_report(ds: Dataset, models: dict[str, str], *, split: str = "
                            + "; ties counted against the positive; mean over requests; bootstrap 95 % CI over requests",
                            "n_rows": int(len(rows.req)), "n_requests": int(len(rows.requests)), "n_cold": int(rows.cold.sum()),
                            "max_requests": max_requests, "models": {}}
+    fitted: dict[str, tuple[Scorer, dict[str, Any]]] = {}      # each baseline fitted (and tuned) once
+    cold_share: dict[int, tuple[int, list[dict[str, float]]]] = {}  # the retrieval's cold slots, per K
+
+    def baseline(name: str) -> tuple[Scorer, dict[str, Any]]:
+        if name not in fitted:
+            fitted[name] = baseline_scorer(ds, name, tune_requests=max_requests)
+        return fitted[name]
+
     for name, spec in models.items():
-        if ">" in spec:                                   # RETRIEVAL>K>RERANKER: two stages
-            try:
-                ret, k, rer = spec.split(">")
-                k_int = int(k)
-            except ValueError as exc:
-                raise ConfigError(f"a two-stage model is RETRIEVAL>K>RERANKER (e.g. als>200>runs/x/student), got {spec!r}.") from exc
-            if ret not in BASELINES or k_int < 1:
-                raise ConfigError(f"{spec!r}: the retrieval stage must be one of {', '.join(BASELINES)} and K >= 1.")
-            rscore, rinfo = baseline_scorer(ds, ret, tune_requests=max_requests)
-            pscore, pinfo = baseline_scorer(ds, rer, tune_requests=max_requests) if rer in BASELINES else model_scorer(ds, rer)[1:]
-            scorer = two_stage_scorer(ds, rscore, pscore, k=k_int)
-            info = {"retrieval": {"model": ret, "k": k_int, **rinfo}, "reranker": {"model": rer, **pinfo}}
+        if spec == RETRIEVAL or ">" in spec:              # the server stage, alone or + a reranker
+            ret, k_int, rer = parse_two_stage(spec)
+            rscore, rinfo = baseline("als" if ret == RETRIEVAL else ret)
+            info: dict[str, Any] = {"retrieval": {"model": ret, "k": k_int, **rinfo}}
+            cold_score, k_cold = None, 0
+            if ret == RETRIEVAL:
+                cold_score = baseline("content_knn")[0]
+                if k_int not in cold_share:
+                    cold_share[k_int] = tune_cold_share(ds, rscore, cold_score, k=k_int, max_requests=max_requests,
+                                                        seed=seed)
+                k_cold, trials = cold_share[k_int]
+                info["retrieval"].update(k_cold=k_cold, cold_model="content_knn", cold_share_trials=trials)
+            pscore = None
+            if rer is not None:
+                pscore, pinfo = baseline(rer) if rer in BASELINES else model_scorer(ds, rer)[1:]
+                info["reranker"] = {"model": rer, **pinfo}
+            scorer = two_stage_scorer(ds, rscore, pscore, k=k_int, k_cold=k_cold, cold_retrieval=cold_score)
         elif spec in BASELINES:
-            scorer, info = baseline_scorer(ds, spec, tune_requests=max_requests)
+            scorer, info = baseline(spec)
         else:
             _, scorer, info = model_scorer(ds, spec)
-        res = evaluate(ds, rows, scorer, progress=progress, seed=seed)
+        t0 = time.perf_counter()
+        ks = KS if "retrieval" not in info else tuple(sorted(set(KS) | {info["retrieval"]["k"]}))
+        res = evaluate(ds, rows, scorer, progress=progress, seed=seed, ks=ks)
+        # the cost of ranking one user's feed this way on this machine (retrieval included; fitting not)
+        res["ms_per_request"] = 1e3 * (time.perf_counter() - t0) / max(len(rows.requests), 1)
+        if "retrieval" in info:   # the retrieved set is ranked first: its recall@K is the stage's ceiling
+            info["retrieval"][f"recall@{info['retrieval']['k']}"] = res[f"recall@{info['retrieval']['k']}"]
         res["info"] = info
         out["models"][name] = res
     return out
 
 
-def two_stage_scorer(ds: Dataset, retrieval: Scorer, reranker: Scorer, *, k: int = 200, k_cold: int = 0,
+RETRIEVAL = "retrieval"
+"""The server stage of the two-stage models: tuned ALS's top ``K - k_cold`` items plus content kNN's top
+``k_cold`` among items without a training click (the cold and fresh items ALS cannot score); ``k_cold``
+is chosen on validation (:func:`tune_cold_share`)."""
+RETRIEVAL_K = 200
+RETRIEVAL_COLD_CHOICES = (10, 20, 50, 100)
+"""Cold slots tried per retrieved list (those up to K/2): the one whose list holds most validation
+positives (Recall@K) wins. Cold items are how new uploads reach a feed; how many slots pay depends
+on the log's share of them."""
+RETRIEVAL_MIN_K = 2 * RETRIEVAL_COLD_CHOICES[0]
+
+
+def tune_cold_share(ds: Dataset, retrieval: Scorer, cold_retrieval: Scorer, *, k: int = RETRIEVAL_K,
+                    max_requests: int | None = None, seed: int = 0) -> tuple[int, list[dict[str, float]]]:
+    """The number of the K retrieved slots given to cold items: the choice of
+    :data:`RETRIEVAL_COLD_CHOICES` (<= K/2) with the highest validation Recall@K of the retrieved list
+    (the ceiling of any reranker after it). Returns (k_cold, [{k_cold, val.recall@K}])."""
+    rows = heldout_rows(ds, "val", max_requests=max_requests, seed=seed)
+    choices = [c for c in RETRIEVAL_COLD_CHOICES if c <= k // 2]
+    if len(rows.req) == 0 or not np.asarray(ds.items["cold"]).any():
+        return choices[0], []
+    trials = []
+    for c in choices:
+        r = evaluate(ds, rows, two_stage_scorer(ds, retrieval, None, k=k, k_cold=c, cold_retrieval=cold_retrieval),
+                     ks=(k,), n_boot=0)
+        trials.append({"k_cold": c, f"val.recall@{k}": r[f"recall@{k}"]})
+    best = max(trials, key=lambda t: (t[f"val.recall@{k}"], -t["k_cold"]))     # ties: fewer cold slots
+    return int(best["k_cold"]), trials
+
+
+def parse_two_stage(spec: str) -> tuple[str, int, str | None]:
+    """``retrieval`` | ``RETRIEVAL>K`` | ``RETRIEVAL>K>RERANKER`` | ``RETRIEVAL>RERANKER`` -> (retrieval,
+    K, reranker or None). RETRIEVAL is ``retrieval`` (ALS + content kNN for cold items) or a baseline."""
+    parts = spec.split(">")
+    if len(parts) == 2 and not parts[1].isdigit():
+        parts = [parts[0], str(RETRIEVAL_K), parts[1]]
+    try:
+        k = int(parts[1]) if len(parts) > 1 else RETRIEVAL_K
+    except ValueError as exc:
+        raise ConfigError(f"a two-stage model is RETRIEVAL>K>RERANKER (e.g. retrieval>200>runs/x/student), got {spec!r}.") from exc
+    ret, rer = parts[0], (parts[2] if len(parts) > 2 else None)
+    if len(parts) > 3 or ret not in BASELINES + (RETRIEVAL,) or k < 1 or (ret == RETRIEVAL and k < RETRIEVAL_MIN_K):
+        raise ConfigError(f"{spec!r}: the retrieval stage must be {RETRIEVAL} or one of {', '.join(BASELINES)}, "
+                          f"and K >= 1 (>= {RETRIEVAL_MIN_K} for {RETRIEVAL}); form RETRIEVAL>K>RERANKER.")
+    return ret, k, rer
+
+
+def two_stage_scorer(ds: Dataset, retrieval: Scorer, reranker: Scorer | None, *, k: int = 200, k_cold: int = 0,
                      cold_retrieval: Scorer | None = None) -> Scorer:
     """Server retrieval, then the reranker on what it retrieved (how production serves a feed).
 
     Per request, ``retrieval`` (e.g. tuned ALS) gives its top ``k - k_cold`` items and
     ``cold_retrieval`` (e.g. content kNN) its top ``k_cold`` among items with no training click (cold
     or fresh items a CF model cannot score); the union is ranked by ``reranker``, ahead of every other
-    item, which keeps the retrieval order. Returns scores whose order is that ranking (values are
-    ranks-derived, not calibrated)."""
+    item, which keeps the retrieval order. Without a reranker the union keeps the server's order
+    (retrieval's picks by its score, then the cold picks by theirs): the retrieval stage alone.
+    Returns scores whose order is that ranking (values are ranks-derived, not calibrated)."""
     cold = np.asarray(ds.items["cold"]).astype(bool)
+    k = min(k, ds.n_items)                 # a catalogue smaller than K: everything is retrieved
+    k_cold = min(k_cold, k)
     if k_cold and cold_retrieval is None:
         raise ConfigError("k_cold > 0 needs a cold_retrieval scorer.")
 
@@ -308,14 +380,19 @@ def two_stage_scorer(ds: Dataset, retrieval: Scorer, reranker: Scorer, *, k: int
         # below the retrieved set: the retrieval order, as negative ranks
         out[rows, order] = -1.0 - np.arange(ds.n_items)[None, :]
         chosen = np.zeros(base.shape, bool)
+        # the server's own order of what it retrieved: 0 = first
+        server = np.full(base.shape, np.inf)
         if k - k_cold > 0:
             chosen[rows, order[:, : k - k_cold]] = True
+            server[rows, order[:, : k - k_cold]] = np.arange(k - k_cold)[None, :]
         if k_cold:
-            c = np.where(cold[None, :], np.asarray(cold_retrieval(req), np.float64), -np.inf)
+            c = np.where(cold[None, :] & ~chosen, np.asarray(cold_retrieval(req), np.float64), -np.inf)
             top = np.argsort(-c, axis=1, kind="stable")[:, :k_cold]
             ok = np.isfinite(np.take_along_axis(c, top, axis=1))
-            chosen[np.broadcast_to(rows, top.shape)[ok], top[ok]] = True
-        rr = np.asarray(reranker(req), np.float64)
+            r_ok = np.broadcast_to(rows, top.shape)[ok]
+            chosen[r_ok, top[ok]] = True
+            server[r_ok, top[ok]] = (k - k_cold + np.broadcast_to(np.arange(k_cold), top.shape))[ok]
+        rr = -server if reranker is None else np.asarray(reranker(req), np.float64)
         # the reranked set first: its scores shifted above every negative rank
         lo = np.where(chosen, rr, np.inf).min(axis=1, keepdims=True)
         out = np.where(chosen, rr - lo + 1.0, out)

@@ -34,7 +34,7 @@ from edge_rec.errors import ConfigError, DataError
 from edge_rec.distill.configs import TrainConfig
 from edge_rec.distill.dataset import Dataset, write_json
 from edge_rec.distill.evaluate import evaluate_scores
-from edge_rec.distill.features import FeatureBuilder, input_names
+from edge_rec.distill.features import CatalogueNegatives, FeatureBuilder, input_names
 from edge_rec.distill.models import TASKS, RankerBase
 
 
@@ -66,12 +66,15 @@ def model_inputs(model: RankerBase, t: dict[str, torch.Tensor]) -> dict[str, tor
 def ranking_loss(out: dict[str, torch.Tensor], t: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
     """Masked per-task BCE + listwise softmax cross-entropy on clicks."""
     valid = t["valid"]
+    # per-task BCE only where a label was observed (logged candidates): a catalogue negative is "not
+    # clicked" for the ranking, but no impression of it was shown, so it says nothing about p_click
+    labelled = t.get("labelled", valid)
     logits = out["logits"].float()
     loss = logits.new_zeros(())
-    denom = valid.sum().clamp(min=1.0)
+    denom = labelled.sum().clamp(min=1.0)
     for j, task in enumerate(TASKS):
         bce = F.binary_cross_entropy_with_logits(logits[..., j], t[task], reduction="none")
-        loss = loss + cfg.task_weights[j] * (bce * valid).sum() / denom
+        loss = loss + cfg.task_weights[j] * (bce * labelled).sum() / denom
     if cfg.listwise_weight > 0:
         s = out["score"].float().masked_fill(valid <= 0, -1e4)
         logp = torch.log_softmax(s, dim=-1)
@@ -193,6 +196,34 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 # ---- training ------------------------------------------------------------------------------------
+def _select_name(cfg: TrainConfig) -> str:
+    return "ndcg@10" if cfg.select_on == "sampled" else "full_recall@20"
+
+
+def _selector(model: RankerBase, fb: FeatureBuilder, ds: Dataset, val_idx: np.ndarray, cfg: TrainConfig,
+              device: torch.device) -> Callable[[], float]:
+    """The validation metric that picks the best epoch (``cfg.select_on``)."""
+    if cfg.select_on == "sampled" or ds.split_index("val").size == 0:
+        return lambda: evaluate_scores(ds, val_idx, predict(model, fb, ds, val_idx, device=device))["ndcg@10"]
+    from edge_rec.distill import protocol as P
+
+    rows = P.heldout_rows(ds, "val", max_requests=cfg.select_requests, seed=cfg.seed)
+    if len(rows.req) == 0:
+        return lambda: evaluate_scores(ds, val_idx, predict(model, fb, ds, val_idx, device=device))["ndcg@10"]
+
+    def full() -> float:
+        core = getattr(model, "module", model)
+        was = core.training
+        core.eval()
+        try:
+            scorer = P.neural_scorer(ds, core, fb.hist_len, list(core.modalities), fb=fb, device=device)
+            return float(P.evaluate(ds, rows, scorer, n_boot=0)["recall@20"])
+        finally:
+            core.train(was)
+
+    return full
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     warm = max(1, int(cfg.warmup_frac * total))
     if step < warm:
@@ -207,8 +238,10 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
           label_weight: float = 1.0, train_idx: np.ndarray | None = None) -> dict[str, Any]:
     """Train ``model`` on ``ds``'s training requests; checkpoints and logs under ``out``.
 
-    Returns ``{best_val_ndcg@10, best_epoch, epochs_run, samples_per_s, requests_per_s, train_s,
-    world_size, device, stopped_early}``; the model holds the best weights afterwards.
+    Returns ``{best_val, selected_on, best_val_ndcg@10, best_epoch, epochs_run, samples_per_s,
+    requests_per_s, train_s, world_size, device, stopped_early, catalogue_negatives}``: ``best_val`` is
+    the selection metric (``cfg.select_on``) at the best epoch, ``best_val_ndcg@10`` the sampled
+    validation NDCG@10 there; the model holds the best weights afterwards.
     ``stop_after_epochs`` pauses after that many epochs (the run can be resumed).
     ``extra_loss(outputs, tensors, request_idx)`` adds a term (distillation uses it) to
     ``label_weight`` x the label loss; ``train_idx`` restricts training to those requests.
@@ -225,12 +258,14 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
     torch.manual_seed(cfg.seed)
     model.to(device)
     fb = fb or FeatureBuilder.from_dataset(ds, cfg.hist_len)
+    negatives = CatalogueNegatives(ds) if cfg.catalogue_negatives > 0 else None
     train_idx = ds.split_index("train") if train_idx is None else np.asarray(train_idx)
     val_idx = ds.split_index("val")
     if len(val_idx) == 0:  # tiny real datasets without val requests: watch the latest training requests
         val_idx = train_idx[-min(len(train_idx), 256):]
     if len(train_idx) == 0:
         raise DataError("the dataset has no training requests.")
+    select = _selector(model, fb, ds, val_idx, cfg, device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -283,8 +318,9 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
             batches = tqdm(batches, desc=f"{model.kind} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         for b in batches:
             idx = mine[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            arrays = fb.build(ds, idx)
-            items = ds.requests["cand"][idx]
+            extra = None if negatives is None else negatives.sample(ds, idx, cfg.catalogue_negatives, gen)
+            arrays = fb.build(ds, idx, extra=extra)
+            items = ds.requests["cand"][idx] if extra is None else np.concatenate([ds.requests["cand"][idx], extra], 1)
             t = to_tensors(arrays, device)
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(state["step"], total_steps, cfg)
@@ -308,15 +344,19 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
         dt = time.perf_counter() - t0
         state["train_s"] += dt
         state["samples"] += len(mine) * world * ds.requests["cand"].shape[1]
-        val = evaluate_scores(ds, val_idx, predict(model, fb, ds, val_idx, device=device))["ndcg@10"]
+        val = select()
+        # the sampled validation NDCG@10 is logged either way: modality pruning measures worth with it
+        sampled = val if cfg.select_on == "sampled" else \
+            evaluate_scores(ds, val_idx, predict(model, fb, ds, val_idx, device=device))["ndcg@10"]
         improved = val > state["best"]
         state["epoch"] = epoch + 1
         if improved:
-            state.update(best=val, best_epoch=epoch + 1, bad_epochs=0)
+            state.update(best=val, best_epoch=epoch + 1, bad_epochs=0, best_sampled=sampled)
         else:
             state["bad_epochs"] += 1
         record = {"epoch": epoch + 1, "step": state["step"], "train_loss": float(np.mean(losses)),
-                  "val_ndcg@10": val, "lr": lr_at(state["step"] - 1, total_steps, cfg),
+                  "val_" + _select_name(cfg): val, "val_ndcg@10": sampled,
+                  "lr": lr_at(state["step"] - 1, total_steps, cfg),
                   "epoch_s": round(dt, 3), "requests_per_s": len(mine) * world / dt}
         if rank == 0:
             if improved:
@@ -338,7 +378,10 @@ def train(model: RankerBase, ds: Dataset, out: str | Path, cfg: TrainConfig, *, 
         load_checkpoint(out / "best", model)
     n_cand = ds.requests["cand"].shape[1]
     return {
-        "best_val_ndcg@10": state["best"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+        "best_val_ndcg@10": state.get("best_sampled", state["best"]),     # at the selected epoch
+        "best_val": state["best"], "selected_on": "val_" + _select_name(cfg),
+        "catalogue_negatives": cfg.catalogue_negatives,
+        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
         "train_s": round(state["train_s"], 2),
         "samples_per_s": state["samples"] / max(state["train_s"], 1e-9),
         "requests_per_s": state["samples"] / n_cand / max(state["train_s"], 1e-9),

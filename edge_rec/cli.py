@@ -153,7 +153,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge_rec.distill.dataset import Dataset, write_json
-    from edge_rec.distill.protocol import BASELINES, full_catalogue_report
+    from edge_rec.distill.protocol import BASELINES, RETRIEVAL, full_catalogue_report, parse_two_stage
     from edge_rec.errors import ConfigError
 
     if args.max_requests is not None and args.max_requests < 1:
@@ -162,9 +162,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for spec in args.model:
         name, _, target = spec.partition("=")
         if not target:
-            name, target = (spec, spec) if spec in BASELINES else (Path(spec).name, spec)
-        if ">" not in target and target not in BASELINES and not Path(target).exists():
-            raise ConfigError(f"--model {spec}: {target} is not a baseline ({', '.join(BASELINES)}) nor an existing folder.")
+            name, target = (spec, spec) if spec in BASELINES + (RETRIEVAL,) else (Path(spec).name, spec)
+        if target == RETRIEVAL or ">" in target:
+            rer = parse_two_stage(target)[2]               # a malformed spec fails here, before any work
+            if rer is not None and rer not in BASELINES and not Path(rer).exists():
+                raise ConfigError(f"--model {spec}: the reranker {rer} is not a baseline nor an existing folder.")
+        elif target not in BASELINES and not Path(target).exists():
+            raise ConfigError(f"--model {spec}: {target} is not a baseline ({', '.join(BASELINES)}), "
+                              f"{RETRIEVAL}, nor an existing folder.")
         models[name] = target
     ds = Dataset.load(args.data)
     rep = full_catalogue_report(ds, models, split=args.split, max_requests=args.max_requests, progress=True)
@@ -628,8 +633,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                    help="repeatable: popularity, content_knn, bpr, als (tuned on val), or NAME=FOLDER for a teacher, "
                         "student or bundle folder (a bundle runs in edge_rec.runtime on its default engine), or "
-                        "NAME=RETRIEVAL>K>RERANKER for two stages (e.g. 'two=als>200>runs/x/bundle': ALS's top 200 "
-                        "reranked by the bundle, ahead of the rest in ALS's order)")
+                        "retrieval (the server stage alone: tuned ALS's top items + content kNN's top cold items, 200 in all, "
+                        "the cold share chosen on val), "
+                        "or NAME=RETRIEVAL>K>RERANKER for two stages (e.g. 'two=retrieval>200>runs/x/bundle': the "
+                        "server's 200 reranked by the bundle, ahead of the rest in the server's order; RETRIEVAL is "
+                        "retrieval or a baseline)")
     e.add_argument("--split", default="test", choices=["val", "test"],
                    help="held-out split (default test; baselines are tuned on val)")
     e.add_argument("--max-requests", type=int, help="a seeded random subset of the split's requests (default: all)")

@@ -75,9 +75,15 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     assert rep["bundle"]["files"] > 10 and len(rep["bundle"]["manifest_sha256"]) == 64
     # the papers' protocol heads the report: every model on the same held-out rows
     fc = rep["full_catalogue"]
-    assert set(fc["models"]) == {"popularity", "content_knn", "bpr", "als", "teacher", "student", "student.int8.runtime"}
+    assert set(fc["models"]) == {"popularity", "content_knn", "bpr", "als", "retrieval", "teacher", "student",
+                                 "student.int8.runtime", "teacher.alone", "student.alone"}
     for r in fc["models"].values():
         assert {"recall@20", "ndcg@20", "recall@50", "hit@20", "cold.recall@20", "warm.recall@20", "ci95"} <= set(r)
+        assert r["ms_per_request"] > 0
+    for name in ("retrieval", "teacher", "student", "student.int8.runtime"):     # two stages: one retrieved list
+        ret = fc["models"][name]["info"]["retrieval"]
+        assert ret["k"] == 200 and ret["recall@200"] == fc["models"]["retrieval"]["recall@200"]
+    assert fc["models"]["student.int8.runtime"]["info"]["reranker"]["precision"] == "int8"
     assert fc["models"]["student.int8.runtime"]["recall@20"] >= 0.95 * fc["models"]["teacher"]["recall@20"]
     md = (run / "report.md").read_text()
     assert md.index("## Full catalogue") < md.index("## Models (sampled")

@@ -128,6 +128,14 @@ def test_evaluate_cli_on_the_mmssl_fixture(tmp_path, capsys):
     assert len(rep["models"]["als"]["info"]["trials"]) > 1                  # tuned on validation
     assert "R@20" in capsys.readouterr().out
     assert main(["evaluate", "--data", str(data), "--model", "nonsense", "--out", str(out)]) == 2
+    # the server stage alone and reranked; a malformed two-stage spec fails before any work
+    assert main(["evaluate", "--data", str(data), "--model", "retrieval", "--model", "two=retrieval>50>bpr",
+                 "--out", str(out)]) == 0
+    two = json.loads(out.read_text())["models"]
+    assert two["two"]["info"]["retrieval"]["recall@50"] == two["two"]["recall@50"]
+    assert two["retrieval"]["info"]["retrieval"]["k"] == 200
+    assert main(["evaluate", "--data", str(data), "--model", "x=retrieval>10>bpr", "--out", str(out)]) == 2
+    assert main(["evaluate", "--data", str(data), "--model", "x=retrieval>50>no/such/run", "--out", str(out)]) == 2
 
 
 def test_full_catalogue_on_the_tiny_pipeline(tiny_run):
@@ -269,3 +277,77 @@ def test_a_bundle_without_time_features_ignores_the_clock(tiny_run):
     assert a["context"][1] == 0.0 and a["context"][2] == 1.0               # hour 0
     fb = FeatureBuilder.from_dataset(load_mmssl(FIXTURE), hist_len=4)
     assert fb.normalisation()["time_features"] is False
+
+
+def test_catalogue_negatives_are_uniform_past_items_that_are_not_the_requests_own(tiny_run, mm):
+    """Training on the catalogue as it is ranked: uniform draws among items uploaded by the request's
+    time (every item without time), never one of its own candidates, label 0 and outside the per-task
+    BCE (``labelled`` = 0), after the logged candidates whose features and labels do not change."""
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.features import CatalogueNegatives
+
+    ds = Dataset.load(tiny_run / "data")
+    idx = ds.split_index("train")[:400]
+    neg = CatalogueNegatives(ds).sample(ds, idx, 64, np.random.default_rng(0))
+    assert neg.shape == (400, 64) and (neg >= 0).mean() > 0.9
+    ok = neg >= 0
+    upload = np.asarray(ds.items["upload_ts"], np.float64)
+    assert (upload[neg[ok]] <= np.broadcast_to(ds.requests["ts"][idx][:, None], neg.shape)[ok]).all()
+    own = ds.requests["cand"][idx]
+    assert not ((neg[:, :, None] == own[:, None, :]) & ok[:, :, None]).any()
+    # no clock: every item is available and the draws are uniform over the catalogue
+    u = CatalogueNegatives(mm).sample(mm, np.zeros(4000, np.int64), 50, np.random.default_rng(1))
+    allowed = ~np.isin(np.arange(mm.n_items), mm.requests["cand"][0])      # request 0's own candidates never
+    counts = np.bincount(u[u >= 0], minlength=mm.n_items)
+    assert not counts[~allowed].any()
+    expect = (u >= 0).sum() / allowed.sum()
+    chi2 = ((counts[allowed] - expect) ** 2 / expect).sum()
+    dof = allowed.sum() - 1
+    assert chi2 < dof + 6 * np.sqrt(2 * dof)                   # a uniform draw passes, a skewed one cannot
+    # features: logged columns unchanged, extras labelled 0 and masked out of the BCE
+    fb = FeatureBuilder.from_dataset(ds, 8)
+    base, ext = fb.build(ds, idx[:32]), fb.build(ds, idx[:32], extra=neg[:32])
+    n = own.shape[1]
+    for k in ("cand_dense", "click", "valid"):
+        assert np.array_equal(ext[k][:, :n], base[k][:, :n]), k
+    assert np.array_equal(ext["labelled"][:, :n], base["valid"]) and not ext["labelled"][:, n:].any()
+    assert not ext["click"][:, n:].any() and np.array_equal(ext["valid"][:, n:], (neg[:32] >= 0).astype(np.float32))
+
+
+def test_two_stage_specs_and_the_retrieval_stage_alone(tiny_run):
+    """``retrieval`` = the server stage alone: tuned ALS's top K - c in ALS's order, then content kNN's
+    top c items without a training click in kNN's order (c chosen on validation by the list's
+    Recall@K); the spec forms parse or fail by name."""
+    from edge_rec.distill.dataset import Dataset
+    from edge_rec.distill.protocol import (RETRIEVAL_COLD_CHOICES, RETRIEVAL_K, baseline_scorer, parse_two_stage,
+                                           two_stage_scorer)
+    from edge_rec.errors import ConfigError
+
+    assert parse_two_stage("retrieval") == ("retrieval", RETRIEVAL_K, None)
+    assert parse_two_stage("retrieval>100") == ("retrieval", 100, None)
+    assert parse_two_stage("als>50>runs/s") == ("als", 50, "runs/s")
+    assert parse_two_stage("retrieval>runs/s") == ("retrieval", RETRIEVAL_K, "runs/s")
+    for bad in ("nonsense>50>x", "als>0>x", "retrieval>10>x", "als>5>x>y", "als>x>y"):
+        with pytest.raises(ConfigError):
+            parse_two_stage(bad)
+    ds = Dataset.load(tiny_run / "data")
+    als, _ = baseline_scorer(ds, "als", tune_requests=60)
+    knn, _ = baseline_scorer(ds, "content_knn")
+    cold = np.asarray(ds.items["cold"]).astype(bool)
+    req = heldout_rows(ds, "test", max_requests=10).requests
+    k, RETRIEVAL_COLD = 60, 20
+    got = two_stage_scorer(ds, als, None, k=k, k_cold=RETRIEVAL_COLD, cold_retrieval=knn)(req)
+    a, c = als(req), knn(req)
+    for b in range(len(req)):
+        order = np.argsort(-got[b], kind="stable")
+        want = np.argsort(-a[b], kind="stable")[: k - RETRIEVAL_COLD]
+        assert order[: k - RETRIEVAL_COLD].tolist() == want.tolist()
+        cs = np.where(cold & ~np.isin(np.arange(ds.n_items), want), c[b], -np.inf)
+        assert order[k - RETRIEVAL_COLD:k].tolist() == np.argsort(-cs, kind="stable")[:RETRIEVAL_COLD].tolist()
+    rep = full_catalogue_report(ds, {"retrieval": "retrieval"}, max_requests=40)
+    info = rep["models"]["retrieval"]["info"]["retrieval"]
+    assert info["k"] == RETRIEVAL_K and info["cold_model"] == "content_knn"
+    trials = info["cold_share_trials"]
+    assert [t["k_cold"] for t in trials] == list(RETRIEVAL_COLD_CHOICES)
+    best = max(t["val.recall@200"] for t in trials)
+    assert info["k_cold"] == min(t["k_cold"] for t in trials if t["val.recall@200"] == best)
