@@ -185,7 +185,7 @@ def run_pipeline(
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
     write_json(run / "report.json", report)
-    plot = _plot_models(models, run / "models.png")
+    plot = _plot_models(report, run / "models.png")
     (run / "report.md").write_text(render_markdown(report, plot))
     return report
 
@@ -241,6 +241,8 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                       "themselves. `student.int8.runtime` is the bundle's default file run by `edge_rec.runtime` "
                       "(int8 unless its int8 files failed a gate; the file is named in brackets). "
                       "ms / request: ranking one user's feed this way on this machine, retrieval included."]
+        if plot is not None:
+            lines += ["", f"![full-catalogue Recall@20 per model, with 95 % intervals]({plot.name})"]
         if ceiling:
             lines += ["", f"Retrieval ceiling: {ceiling[1]:.4f} of the held-out items are in the server's "
                           f"{ceiling[0]} (Recall@{ceiling[0]}; {ceiling[2]} slots for cold items); no reranker "
@@ -255,8 +257,6 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
         lines.append(f"| {name} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
     lines += ["", "NDCG@10 and recall average over random orders of tied scores; MRR and hit rate count "
               "ties against the positive; cold.* ranks only cold-start positives.", ""]
-    if plot is not None:
-        lines += [f"![NDCG@10 per model]({plot.name})", ""]
     t = report.get("teacher")
     if t:
         tp, abl, c = t["throughput"], t["contrastive_ablation"], t["config"]
@@ -348,7 +348,12 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
     return "\n".join(lines)
 
 
-def _plot_models(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
+def _plot_models(report: dict[str, Any], path: Path) -> Path | None:
+    """``models.png``: the headline, full-catalogue Recall@20 per model with its bootstrap 95 %
+    interval, overall and on cold items (what the report's first table says, drawn)."""
+    fc = (report.get("full_catalogue") or {}).get("models")
+    if not fc:
+        return None
     try:
         import matplotlib
 
@@ -356,14 +361,23 @@ def _plot_models(models: dict[str, dict[str, Any]], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    names = list(models)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names)), 4.0))
-    x = np.arange(len(names))
-    ax.bar(x - 0.2, [models[n]["ndcg@10"] or 0 for n in names], 0.4, label="NDCG@10 (all)")
-    ax.bar(x + 0.2, [models[n]["cold.ndcg@10"] or 0 for n in names], 0.4, label="NDCG@10 (cold items)")
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("NDCG@10 on test requests")
-    ax.legend(loc="upper left", fontsize=8)
+    names = list(fc)[::-1]                       # top to bottom in the table's order
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7.0, 0.42 * len(names) + 1.3))
+    for off, key, label, color in ((0.18, "recall@20", "all held-out items", "tab:blue"),
+                                   (-0.18, "cold.recall@20", "cold items only", "tab:orange")):
+        val = np.array([fc[n].get(key, np.nan) for n in names], dtype=float)
+        ci = np.array([fc[n].get("ci95", {}).get(key, [np.nan, np.nan]) for n in names], dtype=float)
+        err = np.vstack([val - ci[:, 0], ci[:, 1] - val])
+        ok = np.isfinite(val)
+        ax.barh(y[ok] + off, val[ok], 0.36, color=color, label=label)
+        has = ok & np.isfinite(err).all(axis=0)
+        ax.errorbar(val[has], y[has] + off, xerr=err[:, has], fmt="none", ecolor="black", elinewidth=0.9, capsize=2.5)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Recall@20, whole catalogue ranked (whiskers: bootstrap 95 % interval over requests)")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -36,7 +36,7 @@ TEACHER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {"model": dict(d_model=32, num_heads=2, num_layers=1, hist_layers=1, head_hidden=64, input_noise=0.5),
              "train": dict(epochs=3, batch_size=32, catalogue_negatives=16, select_on="full")},
     "default": {"model": dict(d_model=64, num_heads=4, num_layers=2, hist_layers=1, head_hidden=128, input_noise=0.5),
-                "train": dict(epochs=3, batch_size=64, max_train_requests=24000, catalogue_negatives=64,
+                "train": dict(epochs=3, batch_size=64, max_train_requests=16000, catalogue_negatives=16,
                               select_on="full")},
     "large": {"model": dict(d_model=256, num_heads=8, num_layers=6, hist_layers=2, head_hidden=512, ffn_mult=4,
                             input_noise=0.5),

@@ -319,11 +319,13 @@ def normal_permissions(root: Path) -> None:
 
 
 def check_golden(root: str | os.PathLike[str], manifest: dict[str, Any] | None = None, *,
-                 formats: list[str] | None = None) -> dict[str, Any]:
+                 formats: list[str] | None = None, on_group: Any = None) -> dict[str, Any]:
     """Run ``golden.json`` through every artifact whose engine is installed here and compare with the
     outputs recorded at export (to ``artifact_tolerance``) and with PyTorch fp32 (to the precision's
     tolerance). Returns ``{artifact path: {ok, max_abs_err_vs_recorded, max_abs_err_vs_reference} or
-    {skipped: why}}``. On macOS this is where Core ML's numbers are checked."""
+    {skipped: why}}``. On macOS this is where Core ML's numbers are checked. ExecuTorch goes last: its
+    Python bindings import torch (seconds, hundreds of MB), which a phone's runtime never does.
+    ``on_group(key)`` is called before each format/precision is checked (progress lines)."""
     import numpy as np
 
     from edge_rec.engines import open_manifest_group
@@ -338,8 +340,10 @@ def check_golden(root: str | os.PathLike[str], manifest: dict[str, Any] | None =
         if formats is None or a["format"] in formats:
             groups.setdefault((a["format"], a["precision"]), []).append(a)
     result: dict[str, Any] = {}
-    for (fmt, prec), arts in groups.items():
+    for (fmt, prec), arts in sorted(groups.items(), key=lambda kv: kv[0][0] == "executorch"):
         key = f"{fmt}/{prec}"
+        if on_group is not None:
+            on_group(key)
         try:
             eng = open_manifest_group(root, manifest, arts)
         except MissingDependencyError as exc:

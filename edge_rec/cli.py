@@ -310,7 +310,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
             out["signature"] = verify_signature(root, args.public_key)
         if not args.no_golden:
-            out["golden"] = check_golden(root, manifest, formats=_csv(args.formats) if args.formats else None)
+            def line(key: str) -> None:
+                why = " (ExecuTorch's Python bindings import torch: about 10 s, once)" if key.startswith("executorch") else ""
+                print(f"golden outputs: {key}{why}", file=sys.stderr, flush=True)
+
+            out["golden"] = check_golden(root, manifest, formats=_csv(args.formats) if args.formats else None,
+                                         on_group=line)
     _print(out)
     bad = [k for k, v in out.get("golden", {}).items() if v.get("ok") is False]
     if bad:
@@ -557,6 +562,26 @@ JOBS_HELP = ("models trained side by side in worker processes on a CPU (default:
              "number of independent models; env EDGE_REC_JOBS; 1 = all in this process)")
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help when it has a real default its help does not state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d == argparse.SUPPRESS or "default" in text or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return action.help
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = _HelpWithDefaults
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for child in a.choices.values():
+                _with_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from edge_rec import __version__
 
@@ -742,15 +767,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="latency, memory and size of every model in a bundle (bench.json, table, plots); "
                                       "`bench merge FILES` combines devices; `--package` builds a device-farm runner")
-    be.add_argument("action", nargs="?", default="run", choices=["run", "merge"])
+    be.add_argument("action", nargs="?", default="run", choices=["run", "merge"],
+                    help="run (default): benchmark --bundle; merge: combine bench.json FILES into --out")
     be.add_argument("files", nargs="*", help="bench.json files to merge")
     be.add_argument("--bundle")
     be.add_argument("--out", help="output folder")
     be.add_argument("--formats", help="default: every format in the bundle")
     be.add_argument("--quant", help="precisions (default: all in the bundle)")
-    be.add_argument("--candidates", default="16,64,200,1000")
-    be.add_argument("--threads", default="1,2")
-    be.add_argument("--repeats", type=int, default=200)
+    be.add_argument("--candidates", default="16,64,200,1000", help="feed sizes N, comma-separated")
+    be.add_argument("--threads", default="1,2", help="engine thread counts, comma-separated")
+    be.add_argument("--repeats", type=int, default=200, help="timed calls per row (after warm-up)")
     be.add_argument("--teacher", help="teacher folder: adds the teacher/student speed ratio (needs torch)")
     be.add_argument("--report", help="the pipeline's report.json: adds teacher and student quality rows")
     be.add_argument("--check", nargs="?", const=str(Path(__file__).with_name("bench_reference.json")),
@@ -771,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="students per leave-one-out arm of modality pruning, averaged (default 1; 3 on small "
                          "data, where one re-training moves a modality's worth by more than the budget)")
     pl.set_defaults(func=cmd_pipeline)
+    _with_defaults(p)
     return p
 
 

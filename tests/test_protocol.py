@@ -351,3 +351,19 @@ def test_two_stage_specs_and_the_retrieval_stage_alone(tiny_run):
     assert [t["k_cold"] for t in trials] == list(RETRIEVAL_COLD_CHOICES)
     best = max(t["val.recall@200"] for t in trials)
     assert info["k_cold"] == min(t["k_cold"] for t in trials if t["val.recall@200"] == best)
+
+
+@pytest.mark.slow
+def test_pipeline_on_the_mmssl_world_fixture_beats_retrieval_and_als(tmp_path):
+    """A user's real-data path on the MMSSL-layout fixture (clicks only, no time, weak content, cold
+    items): `data convert --format mmssl`, then `pipeline --data`. The two-stage student beats the
+    server's retrieval alone and tuned ALS; int8 in the runtime keeps >= 95 % of the teacher."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["data", "convert", "--format", "mmssl", str(Path(__file__).parent / "fixtures" / "mmssl_world"),
+                 "--out", str(data)]) == 0
+    assert main(["pipeline", "--preset", "tiny", "--data", str(data), "--out", str(run)]) == 0
+    rep = json.loads((run / "report.json").read_text())
+    fc = rep["full_catalogue"]["models"]
+    assert rep["full_catalogue"]["n_cold"] > 0 and "no time filter" in rep["full_catalogue"]["protocol"]
+    assert fc["student"]["recall@20"] > max(fc["retrieval"]["recall@20"], fc["als"]["recall@20"])
+    assert fc["student.int8.runtime"]["recall@20"] >= 0.95 * fc["teacher"]["recall@20"]
