@@ -224,6 +224,10 @@ class CatalogueNegatives:
         return np.where(clash, -1, items)
 
 
+LABEL_KEYS = ("valid", "labelled", "click", "finish", "like")
+"""Keys of :meth:`FeatureBuilder.build`'s output that are masks and labels, never model inputs."""
+
+
 def input_names(modalities: dict[str, int]) -> list[str]:
     """The model input names of the I/O contract, in order."""
     names = []

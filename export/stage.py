@@ -35,7 +35,7 @@ from edge_rec.bundle import MANIFEST, SCHEMA_VERSION, file_entries, schema_error
 from edge_rec.engines import files_size, open_engine, open_group, pad_candidates
 from edge_rec.errors import ConfigError, EdgeRecError, ExportError
 from edge_rec.distill.dataset import Dataset, replace_dir, write_json
-from edge_rec.distill.features import FeatureBuilder
+from edge_rec.distill.features import LABEL_KEYS, FeatureBuilder
 from edge_rec.export.formats import (EXPORT_OUTPUTS, REGISTRY, Artifact, ExportContext, conversion_error, get_exporter,
                                      weight_bytes)
 
@@ -102,7 +102,7 @@ def real_requests(ds: Dataset, fb: FeatureBuilder, split: str, limit: int) -> Re
         raise ConfigError(f"the dataset has no {split} requests to verify the exports on.")
     feats = fb.build(ds, idx)
     out = Requests([], [], [], [int(i) for i in idx])
-    names = [k for k in feats if k not in ("valid", "click", "finish", "like")]
+    names = [k for k in feats if k not in LABEL_KEYS]
     for r in range(len(idx)):
         v = feats["valid"][r] > 0
         out.inputs.append({k: (feats[k][r][v] if k.startswith("cand_") else feats[k][r]).astype(np.float32) for k in names})
@@ -506,6 +506,12 @@ def _export_one(model: torch.nn.Module, fmt: str, prec: str, ctx: ExportContext,
                                                       "on Linux (compat). Run `edge-rec verify BUNDLE` on a Mac for the numbers."})
             return row
         engine = _open(main, fmt, input_names)
+        # the file must take exactly the model's inputs, the manifest's signature: the runtime refuses
+        # anything else, so an export that does not is a failed row here, not a bundle that cannot open
+        file_in = set(getattr(engine, "input_names", input_names))
+        if file_in != set(input_names):
+            raise ExportError(f"{fmt}/{prec}: the file's inputs {sorted(file_in)} are not the model's "
+                              f"{sorted(input_names)}.")
         got = run_all(engine, reqs)
         row.update(parity_metrics(ref, got, reqs.labels, ref_q))
         row["padding"] = padding_check(engine, reqs.inputs[0], [a.bucket for a in main] if main[0].bucket else None)

@@ -88,6 +88,12 @@ def test_every_format_exports_and_passes_parity(tiny_run, manifest):
     assert "recommended" in mob["eps"]["NNAPI"]["fixed_shapes"] and mob["recommendation"]
     # the parity numbers travel in the manifest too
     assert manifest["parity"]["onnx"]["int8"]["passed"] is True
+    # every file takes exactly the signature's inputs (a training-only mask once leaked into TFLite's)
+    want = {t["name"] for t in manifest["signature"]["inputs"]}
+    for art in manifest["artifacts"]:
+        if art["format"] in ("onnx", "ort", "tflite"):
+            eng = open_engine(art["format"], tiny_run / "bundle" / art["path"])
+            assert set(eng.input_names) == want, (art["path"], sorted(eng.input_names))
 
 
 def test_bundle_and_dataset_folders_get_normal_permissions(tiny_run):
