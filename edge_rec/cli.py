@@ -801,7 +801,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_known_noise() -> None:
+    """Known-harmless third-party noise, filtered at the edge (the CLI; a library user keeps their own
+    logging untouched), so that what reaches stderr is ours or a real problem:
+
+    - torchao logs "Failed to load .../_C_mxfp8...so" and "_C_cutlass_90a" on import: CUDA kernels that
+      a CPU-only machine never runs (only those two messages are dropped);
+    - torch's pytree warns that a third party's Enum is registered as a constant the deprecated way
+      (ExecuTorch/torchao's KernelPreference), once per process;
+    - TensorFlow/LiteRT's C++ INFO lines (the oneDNN notice) below warnings, as export already sets.
+    """
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("torchao").addFilter(
+        lambda r: not (r.getMessage().startswith("Failed to load") and ("mxfp8" in r.getMessage()
+                                                                         or "cutlass" in r.getMessage())))
+    logging.getLogger("torch.utils._pytree").addFilter(
+        lambda r: "register_constant() on Enum subclasses is deprecated" not in r.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_known_noise()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

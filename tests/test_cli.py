@@ -120,6 +120,10 @@ def test_pipeline_default_preset(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "report:" in proc.stdout
+    # no third-party noise that reads like failure (issue #29): ExecuTorch's cpuinfo, torchao's CUDA
+    # kernels, torch's pytree deprecation, TensorFlow's oneDNN notice
+    for noise in ("midr", "Failed to load", "register_constant()", "oneDNN custom operations"):
+        assert noise not in proc.stderr, noise
     rep = json.loads((run / "report.json").read_text())
     d = rep["dataset"]
     assert d["users"] == 2000 and d["items"] == 3000 and d["cold_items"] > 0
