@@ -176,7 +176,7 @@ def run_pipeline(
         "exports": {f: {p: {k: row.get(k) for k in EXPORT_ROW_KEYS} for p, row in rows.items()}
                     for f, rows in ereport["exports"].items()},
         "export_gate_failures": ereport["gate_failures"],
-        "bench": {k: brep[k] for k in ("schema_version", "machine", "results", "ratios", "roofline", "errors")},
+        "bench": {k: brep[k] for k in ("schema_version", "machine", "results", "ratios", "roofline", "errors", "plots")},
         "drift": None if drift is None else {k: v for k, v in drift.items() if k != "rows"},
         "bundle": {k: ereport["bundle"][k] for k in ("path", "zip", "files", "manifest_sha256")},
         "teacher": stage["teacher"],
@@ -321,6 +321,13 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
         lines += ["", "Weights KB: the constant tensors of the file (the rest is graph, which int8 does not shrink). "
                       "Batch dev: the largest change of a candidate's outputs when scored alone, shuffled, beside "
                       "other candidates or stacked with masked copies (gate: 1e-5 fp32, 1e-2 int8)."]
+        bigger = [f"{f}" for f, rows in report["exports"].items()
+                  if (rows.get("int8") or {}).get("size_bytes") and (rows.get("fp32") or {}).get("size_bytes")
+                  and rows["int8"]["size_bytes"] > rows["fp32"]["size_bytes"]]
+        if bigger:
+            lines += ["", f"int8 is larger than fp32 for {', '.join(bigger)}: a student of a few thousand parameters "
+                          "is mostly graph, and int8 adds quantize / dequantize operators and their scales, which "
+                          "outweigh the weight bytes saved; the size budget is on the int8 ONNX file."]
         fails = report.get("export_gate_failures") or []
         lines += ["", f"Gates: {'all passed' if not fails else '; '.join(fails)}. Bundle: `{report['bundle']['path']}` "
                       f"({report['bundle']['files']} files, manifest sha256 `{report['bundle']['manifest_sha256'][:16]}…`).", ""]
@@ -329,11 +336,25 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
         from edge_rec.bench import markdown_table
 
         rf = b["roofline"]
+        ra = b["ratios"]
+        meaning = {"teacher_over_student_p50": "the teacher's p50 over the student file's, same feed, 1 thread "
+                                               "(the default bundle's reference asks >= 5)",
+                   "wrapper_overhead": "what `rerank()` adds to the engine call, as a share of it, policy off "
+                                       "(the default bundle's reference allows <= 10)",
+                   "teacher_over_rerank_p50": "the teacher's p50 over the whole `rerank()` call"}
         lines += ["## Bench (short run; `edge-rec bench` for the full grid)", "", markdown_table(b["results"]), "",
-                  "Ratios (measured side by side): " + ", ".join(f"{k} {v:.2f}" for k, v in b["ratios"].items()
-                                                                  if isinstance(v, (int, float))) + ". "
-                  + (f"Roofline: {rf['achieved_gflops']:.3f} of {rf['peak_gflops']:.1f} GFLOP/s single-core peak."
-                     if rf.get("achieved_gflops") and rf.get("peak_gflops") else ""), ""]
+                  "ExecuTorch's `init_ms` and `peak_rss_mb` include importing torch: its Python bindings load "
+                  "it on Linux, which a phone's ExecuTorch runtime does not.", "",
+                  "Ratios, measured side by side in this run (bounds: `edge_rec/bench_reference.json`, "
+                  "`edge-rec bench --check`):", ""]
+        lines += [f"- `{k}` {ra[k]:.2f}: {why}" for k, why in meaning.items() if isinstance(ra.get(k), (int, float))]
+        if rf.get("achieved_gflops") and rf.get("peak_gflops"):
+            lines += [f"- roofline: the student reaches {rf['achieved_gflops']:.3f} of {rf['peak_gflops']:.1f} GFLOP/s "
+                      "(single-core peak): at this size the call is overhead, not arithmetic"]
+        plots = list(b.get("plots") or [])
+        if plots:
+            lines += ["", " ".join(f"![{p}](bench/{p})" for p in plots)]
+        lines.append("")
     dr = report.get("drift")
     if dr and "with_updates" in dr:
         w, wo = dr["with_updates"], dr["without_updates"]

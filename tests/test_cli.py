@@ -107,6 +107,12 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     assert "| id_only |" in md and "| motion | " in md and "95 % interval" in md
     assert mods["loo_repeats"] == 2 and set(mods["retraining_sd"]) == set(mods["importance"])
     assert "sd across re-trainings" in md
+    # report.md explains what a reader would ask about: plots linked, ratios with their meaning and bound,
+    # why ExecuTorch's init is slow here, no sampled recall@20 when every list is shorter than 20
+    assert "![full-catalogue Recall@20" in md and "(bench/latency.png)" in md and "(bench/quality_size.png)" in md
+    assert "`wrapper_overhead`" in md and "importing torch" in md
+    sampled = md[md.index("## Models (sampled"):]
+    assert "recall@20" not in sampled.split("\n\n")[1]
     assert (run / "models.png").stat().st_size > 1000
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2     # never overwrites silently
 
