@@ -809,12 +809,15 @@ def _quiet_known_noise() -> None:
       a CPU-only machine never runs (only those two messages are dropped);
     - torch's pytree warns that a third party's Enum is registered as a constant the deprecated way
       (ExecuTorch/torchao's KernelPreference), once per process;
-    - TensorFlow/LiteRT's C++ INFO lines (the oneDNN notice) below warnings, as export already sets.
+    - TensorFlow/LiteRT's C++ INFO lines below warnings, as export already sets; the converter's oneDNN
+      notice is printed before absl's logging is set up, so the level does not reach it: export turns
+      TensorFlow's oneDNN CPU kernels off instead (TF_ENABLE_ONEDNN_OPTS=0, see export/formats.py).
     """
     import logging
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     logging.getLogger("torchao").addFilter(
         lambda r: not (r.getMessage().startswith("Failed to load") and ("mxfp8" in r.getMessage()
                                                                          or "cutlass" in r.getMessage())))

@@ -36,6 +36,11 @@ import torch
 # LiteRT's converter logs from C++ straight to stderr; keep the CLI's output to what matters
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "2")
+# The TFLite converter folds constants with TensorFlow's CPU kernels; with oneDNN on they may round
+# differently from run to run and machine to machine (TensorFlow's own notice, printed on every import
+# before the log level above applies). Off, conversion is reproducible and the notice is gone; a user
+# who sets the variable keeps their choice.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from edge_rec._requires import requires
 from edge_rec.errors import ConfigError, ExportError
