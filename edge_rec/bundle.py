@@ -181,6 +181,9 @@ def verify_bundle(path: str | os.PathLike[str]) -> dict[str, Any]:
         path = a["path"]
         if path not in listed and not any(k.startswith(path.rstrip("/") + "/") for k in listed):
             problems.append(f"{path}: artifact {a['format']}/{a['precision']} is not among the listed files")
+    prog = manifest.get("local_learning", {}).get("program")
+    if prog is not None and prog not in listed:
+        problems.append(f"{prog}: the on-device training program is not among the listed files")
     if manifest["golden"]["path"] not in listed:
         problems.append(f"{manifest['golden']['path']}: golden file is not among the listed files")
     for p in sorted(root.rglob("*")):

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from edge_rec.bundle import verify_bundle
+from edge_rec.bundle import MANIFEST, sha256_file, verify_bundle
 from edge_rec.engines import open_manifest_group
 from edge_rec.errors import BundleError, ConfigError, DataError, InternalError, MissingDependencyError
 from edge_rec.policy import PostRankPolicy, apply_policy, creator_codes
@@ -197,6 +197,16 @@ class Reranker:
         self._hist_key: list[tuple[Any, ...]] | None = None
         self._checked_events: dict[int, tuple[Event, tuple[Any, ...]]] = {}
         self._hist_ts = np.zeros(0, np.float64)
+        outs = {t["name"]: t for t in sig["outputs"]}
+        self.fused_dim = int(outs["fused"]["shape"][-1])
+        # on-device learning (edge_rec.local): the bundle's global adapter, and the id a personal
+        # adapter in a store must carry to be used with this bundle
+        self.bundle_id = sha256_file(root / MANIFEST) if (root / MANIFEST).is_file() else ""
+        from edge_rec.local import HeadWeights
+
+        g = manifest.get("local_learning", {}).get("global_head")
+        self.global_head = (HeadWeights.from_json(g, self.fused_dim, f"{root}/{MANIFEST} local_learning.global_head")
+                            if g is not None else HeadWeights.zeros(self.fused_dim))
 
     # ---- opening --------------------------------------------------------------------------------
     @classmethod
@@ -530,6 +540,9 @@ class Reranker:
         out = self.engine.run(x)
         self._check_outputs(out, feed, n, "")
         score = np.asarray(out["score"], np.float64)
+        head = self._head(state)
+        if head is not None:
+            score = head.adjust(score, np.asarray(out["fused"])[:n])
         mods = list(self.modalities) if explain else []
         masked: dict[str, np.ndarray] = {}
         if mods:
@@ -550,6 +563,8 @@ class Reranker:
                 part = {key: np.asarray(v)[j * n:(j + 1) * n] for key, v in out_masked.items()}
                 self._check_outputs(part, feed, n, f" with {m!r} masked (explain)")
                 masked[m] = np.asarray(part["score"], np.float64)
+                if head is not None:
+                    masked[m] = head.adjust(masked[m], np.asarray(part["fused"])[:n])
         signals = state.creator_signals(now) if state is not None else _creator_signals(history, now)
         ages_h = np.maximum(now - feed.upload_ts, 0.0) / 3600.0
         order, final = apply_policy(self.policy, score, out.get("fused"), feed.creator_codes, ages_h, signals, k)
@@ -566,6 +581,19 @@ class Reranker:
         if mods:
             cols["explanation"] = {m: score[o] - masked[m][o] for m in mods}
         return Ranking(cols)
+
+
+    def _head(self, state: UserState | None) -> Any:
+        """The output adapter to rank with (see :mod:`edge_rec.local`): the viewer's own from ``state``
+        when one was trained for this bundle, else the bundle's global one; None when that is zero (the
+        frozen ranking, with no extra arithmetic)."""
+        if state is not None:
+            from edge_rec.local import stored_head
+
+            h = stored_head(self, state)
+            if h is not None:
+                return h
+        return self.global_head if self.global_head.theta.any() else None
 
 
 def _check_engine_io(engine: Any, manifest: Mapping[str, Any], tag: str) -> None:

@@ -383,6 +383,8 @@ class UserState:
         ``forget()`` is called again). Returns only when the bytes are gone."""
         with self._lock, _store_errors(self.path, "forget the events in"):
             self._db.execute("DELETE FROM events")
+            # what was learned from the events goes with them (edge_rec.local's personal adapter)
+            self._db.execute("DELETE FROM meta WHERE key = 'personal_head'")
             self._decoded.clear()
             self._db.execute("VACUUM")
             deadline = time.monotonic() + self.timeout_s
@@ -395,6 +397,20 @@ class UserState:
                                      f"on the store, so {max(log, 0)} page(s) with their bytes are still in its "
                                      f"{self.path.name}-wal; close the other readers and call forget() again.")
                 time.sleep(0.05)
+
+    # ---- small named values kept beside the events (the personal adapter of edge_rec.local) ----------
+    def _get_meta(self, key: str) -> str | None:
+        with self._lock, _store_errors(self.path, "read"):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self._lock, _store_errors(self.path, "write to"):
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def _delete_meta(self, key: str) -> None:
+        with self._lock, _store_errors(self.path, "write to"):
+            self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def close(self) -> None:
         with self._lock:

@@ -398,9 +398,21 @@ def export_bundle(
             "exports": exports, "gate_failures": failures, "ok": not failures,
             "golden": {"max_abs_err_vs_reference": golden_errors, "tolerance": golden["tolerance_by_artifact"]},
         }
+        local = None
+        if "executorch" in formats:
+            from edge_rec.export.training import write_program
+
+            local = write_program(stage, int(model.config.d_model))
+            report["local_learning"] = local
+            worst = max(local["parity"].values())
+            if worst > 1e-5:
+                failures.append(f"local/head_train.pte: one training step is {worst:.3g} off PyTorch's (over 1e-5)")
+                report["gate_failures"], report["ok"] = failures, False
         write_json(stage / "export_report.json", report)
         manifest = _manifest(model, meta, fb, artifacts, stage, report, golden, count_params(model),
                              macs_per_candidate(model), buckets, _training(Path(student_dir), meta))
+        if local is not None:
+            manifest["local_learning"] = local
         problems = schema_errors(manifest)
         if problems:
             raise ExportError("internal: the manifest written does not match bundle.schema.json: " + "; ".join(problems))

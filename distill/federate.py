@@ -1,0 +1,436 @@
+"""Learning on the phone without the data leaving it, measured on a dataset with per-user splits.
+
+Two experiments over the same users, both through the bundle's own engine (``edge_rec.runtime``):
+
+- **personalization** (:func:`personalize`): every viewer trains the personal adapter of
+  :mod:`edge_rec.local` on their own training-period events (their store) and is judged on their next
+  request (NDCG@10, the test split), against the frozen bundle; the adapter's settings are picked on
+  the validation request;
+- **federated averaging** (:func:`federate`): each viewer is one Flower client (``flwr.client.NumPyClient``)
+  holding its own store; per round a sample of clients trains from the global adapter and sends back
+  only the clipped, noised change of the adapter and the round number; Flower's ``FedAvg`` averages
+  them; the global adapter is judged every round on every viewer's test request. Differential privacy is
+  local: each client clips its update to L2 norm ``clip`` and adds Gaussian noise of standard deviation
+  ``noise_multiplier * clip`` before it leaves the phone, so the server (and anyone on the wire) sees only
+  a noised update. ``noise_multiplier`` is calibrated for a target epsilon at ``delta`` with Opacus' RDP
+  accountant, counting every round as one release of the client's data (sample rate 1: a client is
+  assumed to take part in every round, the worst case, and no amplification by sampling is claimed,
+  because the server knows who sent an update).
+
+The rounds are driven in-process through Flower's client and strategy APIs (``NumPyClient.fit`` ->
+``FitRes`` -> ``FedAvg.aggregate_fit``, Flower's own serialization of the update); Flower's Ray-backed
+simulation engine is not used (it needs ``ray``, which this project does not install). Secure
+aggregation (SecAgg+) needs that engine's message layer and is not simulated here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from edge_rec.errors import ConfigError
+from edge_rec.local import Examples, HeadWeights, examples_from_events, train_head, validated_head
+from edge_rec.metrics import ndcg_at_k
+from edge_rec.state import Event
+
+from .dataset import Dataset
+
+
+@dataclass
+class Request:
+    """One request of a viewer as the runtime scored it with the frozen model: score [N], fused [N, d],
+    click [N]."""
+
+    score: np.ndarray
+    fused: np.ndarray
+    click: np.ndarray
+
+    def ndcg(self, head: HeadWeights | None) -> float:
+        s = self.score if head is None else head.adjust(self.score, self.fused)
+        return float(ndcg_at_k(s[None], self.click[None].astype(np.float64), 10)[0])
+
+
+@dataclass
+class Viewer:
+    user: int
+    events: list[Event]
+    examples: Examples
+    val: Request
+    test: Request
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _events(ds: Dataset, rows: np.ndarray) -> list[Event]:
+    """Interaction rows as the events a phone would have stored (real reactions and embeddings)."""
+    from edge_rec.distill.feed import creator_or_none
+
+    it, items = ds.interactions, ds.items
+    out = []
+    for j in rows.tolist():
+        i = int(it["item"][j])
+        out.append(Event(item_id=int(items["item_id"][i]), ts=float(it["ts"][j]), watch_ms=float(it["watch_ms"][j]),
+                         duration_ms=float(it["duration_ms"][j]), finish=bool(it["finish"][j]),
+                         skip=bool(it["skip"][j]), like=bool(it["like"][j]), share=bool(it["share"][j]),
+                         creator_id=creator_or_none(items["creator_id"][i]),
+                         embeddings={m: ds.embeddings[m][i].astype(np.float32) for m in ds.embeddings if ds.present[m][i]}))
+    return out
+
+
+def _request(rr: Any, ds: Dataset, r: int) -> Request:
+    from edge_rec.distill.feed import request_feed
+
+    feed = request_feed(ds, r, history=rr.hist_len)
+    hist = rr.parse_history(feed["history"])
+    x = rr.features(rr.prepare(feed["candidates"]), feed["now"], hist, feed["history_total"])
+    out = rr.engine.run(x)
+    clicked = set(feed["clicked_item_ids"])
+    click = np.array([1.0 if c["item_id"] in clicked else 0.0 for c in feed["candidates"]])
+    return Request(np.asarray(out["score"], np.float64), np.asarray(out["fused"], np.float64), click)
+
+
+def load_viewers(ds: Dataset, rr: Any, max_users: int | None = None, seed: int = 0, progress: bool = False) -> list[Viewer]:
+    """Viewers with a validation and a test request that has a click, their training-period events as
+    their store. ``max_users``: a random sample of them (seeded)."""
+    rq = ds.requests
+    val = {int(rq["user"][r]): int(r) for r in ds.split_index("val") if rq["click"][r].max() > 0}
+    test = {int(rq["user"][r]): int(r) for r in ds.split_index("test") if rq["click"][r].max() > 0}
+    users = sorted(set(val) & set(test))
+    if max_users is not None and len(users) > max_users:
+        users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False).tolist())
+    train_rows = ds.train_interaction_mask() if hasattr(ds, "train_interaction_mask") else \
+        rq["split"][ds.interactions["req"]] == 0
+    it_user = ds.interactions["user"]
+    viewers = []
+    it = users
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(users, desc="viewers", unit="user")
+    for u in it:
+        rows = np.flatnonzero((it_user == u) & train_rows)
+        evs = _events(ds, rows)
+        viewers.append(Viewer(u, evs, examples_from_events(rr, evs), _request(rr, ds, val[u]), _request(rr, ds, test[u])))
+    return viewers
+
+
+def _mean_ndcg(viewers: Sequence[Viewer], heads: Sequence[HeadWeights | None] | HeadWeights | None, split: str) -> float:
+    hs = heads if isinstance(heads, (list, tuple)) else [heads] * len(viewers)
+    return float(np.nanmean([getattr(v, split).ndcg(h) for v, h in zip(viewers, hs)]))
+
+
+PERSONAL_GRID = ({"l2": 0.01}, {"l2": 0.1}, {"l2": 1.0})
+
+
+def personalize(viewers: Sequence[Viewer], start: HeadWeights, epochs: int = 20, lr: float = 0.5) -> dict[str, Any]:
+    """Each viewer trains alone on their own events; the L2 pull is picked on validation, then the
+    test request is read once. Returns frozen vs personal NDCG@10 overall and per bucket (viewers with
+    at most / more than the median number of labelled events) and the cost of a step."""
+    def heads_for(l2: float) -> tuple[list[HeadWeights], list[float], int]:
+        # the runtime's own rule (LocalLearner.fit): keep a viewer's adapter only if it predicts their
+        # newest events better than the bundle's
+        hs, ms, adopted = [], [], 0
+        for v in viewers:
+            h, rep = validated_head(start, v.examples, epochs=epochs, lr=lr, l2=l2) if len(v.examples) >= 8 else (None, {})
+            hs.append(h if h is not None else start)
+            adopted += h is not None
+            if h is not None and rep.get("steps"):
+                ms.append(rep["ms"] / rep["steps"])
+        return hs, ms, adopted
+
+    trials = []
+    for g in PERSONAL_GRID:
+        hs, _, adopted = heads_for(g["l2"])
+        trials.append({**g, "val.ndcg@10": _mean_ndcg(viewers, hs, "val"), "adopted": adopted})
+    best = max(trials, key=lambda t: t["val.ndcg@10"])
+    heads, ms_per_step, adopted = heads_for(best["l2"])
+    n_ex = np.array([len(v.examples) for v in viewers])
+    med = float(np.median(n_ex))
+    frozen = np.array([v.test.ndcg(start if start.theta.any() else None) for v in viewers])
+    personal = np.array([v.test.ndcg(h) for v, h in zip(viewers, heads)])
+
+    def summary(sel: np.ndarray) -> dict[str, Any]:
+        d = personal[sel] - frozen[sel]
+        lo, hi = _bootstrap_ci(d)
+        return {"viewers": int(sel.sum()), "frozen.ndcg@10": float(np.nanmean(frozen[sel])),
+                "personal.ndcg@10": float(np.nanmean(personal[sel])), "lift": float(np.nanmean(d)), "lift_ci95": [lo, hi]}
+
+    return {"viewers": len(viewers), "adopted": adopted, "grid": trials, "picked": best, "epochs": epochs, "lr": lr,
+            "overall": summary(np.ones(len(viewers), bool)),
+            "buckets": {f"few (<= {med:g} events)": summary(n_ex <= med), f"many (> {med:g} events)": summary(n_ex > med)},
+            "ms_per_step_p50": float(np.median(ms_per_step)) if ms_per_step else None,
+            "labelled_events_median": med}
+
+
+def _bootstrap_ci(d: np.ndarray, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), (n, len(d)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def noise_for(epsilon: float, delta: float, rounds: int) -> float:
+    """Noise multiplier that gives each client (epsilon, delta)-DP over ``rounds`` releases (Opacus RDP)."""
+    if math.isinf(epsilon):
+        return 0.0
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=rounds,
+                                      accountant="rdp"))
+
+
+def epsilon_spent(noise_multiplier: float, delta: float, rounds: int) -> float:
+    if noise_multiplier == 0 or rounds == 0:
+        return float("inf") if rounds else 0.0
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(noise_multiplier, 1.0, rounds)]
+    return float(acc.get_epsilon(delta))
+
+
+def make_client(v: Viewer, *, epochs: int, lr: float, l2: float, clip: float, noise_multiplier: float, seed: int) -> Any:
+    """One viewer's device as a Flower ``NumPyClient``: ``fit`` trains from the global adapter on the
+    viewer's own examples and returns [the clipped, noised change of the adapter], 1 (every update
+    weighs the same, as the DP bound assumes) and {"round": r}: nothing else leaves the phone."""
+    from flwr.client import NumPyClient
+
+    class EdgeClient(NumPyClient):
+        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+            rnd = int(config["round"])
+            g = np.asarray(parameters[0], np.float32)
+            local, _ = train_head(HeadWeights(g), v.examples, epochs=epochs, lr=lr, l2=l2, seed=seed + rnd)
+            delta = (local.theta - g).astype(np.float64)
+            norm = float(np.linalg.norm(delta))
+            if norm > clip:
+                delta *= clip / norm
+            if noise_multiplier > 0:
+                rng = np.random.default_rng([seed, v.user, rnd])
+                delta = delta + rng.normal(0.0, noise_multiplier * clip, delta.shape)
+            return [delta.astype(np.float32)], 1, {"round": rnd}
+
+    return EdgeClient()
+
+
+def federate(viewers: Sequence[Viewer], start: HeadWeights, *, rounds: int, clients_per_round: int, epsilon: float,
+             delta: float = 1e-5, clip: float = 0.5, epochs: int = 5, lr: float = 0.5, l2: float = 0.1,
+             seed: int = 0, on_round: Any = None) -> dict[str, Any]:
+    """FedAvg of the adapter over ``rounds`` with ``clients_per_round`` sampled clients per round and
+    local (epsilon, delta)-DP per client (epsilon = inf: clipping only). Returns rounds[{round,
+    epsilon_spent, "ndcg@10"}], the final global adapter, bytes per client per round, the noise used."""
+    from flwr.common import Code, FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import FedAvg
+
+    clients = [v for v in viewers if len(v.examples) > 0]
+    if not clients:
+        raise ConfigError("no viewer has a labelled event in the training split; nothing to learn from.")
+    if clients_per_round > len(clients):
+        raise ConfigError(f"--clients-per-round {clients_per_round} is more than the {len(clients)} viewers with "
+                          "labelled events.")
+    sigma = noise_for(epsilon, delta, rounds)
+    def rounds_agree(metrics: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+        # every update must say which round it answers: a stale one would be averaged into the wrong model
+        got = {int(m["round"]) for _, m in metrics}
+        if len(got) != 1:
+            raise RuntimeError(f"updates from rounds {sorted(got)} arrived together")
+        return {"round": got.pop(), "updates": len(metrics)}
+
+    strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=1, min_evaluate_clients=1,
+                      min_available_clients=1, fit_metrics_aggregation_fn=rounds_agree)
+    rng = np.random.default_rng(seed)
+    g = start.theta.astype(np.float32).copy()
+    def judged(r: int, theta: np.ndarray, eps: float) -> dict[str, Any]:
+        h = HeadWeights(theta)
+        return {"round": r, "epsilon_spent": eps, "val.ndcg@10": _mean_ndcg(viewers, h, "val"),
+                "ndcg@10": _mean_ndcg(viewers, h, "test")}
+
+    rows = [judged(0, g, 0.0)]
+    thetas = [g.copy()]
+    sent_bytes: list[int] = []
+    t0 = time.perf_counter()
+    for r in range(1, rounds + 1):
+        pick = rng.choice(len(clients), clients_per_round, replace=False)
+        ins = FitIns(ndarrays_to_parameters([g]), {"round": r})
+        results = []
+        for i in pick.tolist():
+            c = make_client(clients[i], epochs=epochs, lr=lr, l2=l2, clip=clip, noise_multiplier=sigma, seed=seed).to_client()
+            res: FitRes = c.fit(ins)
+            if res.status.code != Code.OK:
+                raise RuntimeError(f"client {clients[i].user} failed in round {r}: {res.status.message}")
+            sent_bytes.append(sum(len(t) for t in res.parameters.tensors))
+            results.append((None, res))
+        agg, agg_metrics = strategy.aggregate_fit(r, results, [])
+        if agg_metrics.get("round") != r:
+            raise RuntimeError(f"round {r} aggregated updates of round {agg_metrics.get('round')}")
+        g = (g + parameters_to_ndarrays(agg)[0]).astype(np.float32)
+        row = judged(r, g, epsilon_spent(sigma, delta, r))
+        rows.append(row)
+        thetas.append(g.copy())
+        if on_round is not None:
+            on_round(row)
+    # the adapter shipped is the round best on validation (round 0, the bundle's own, when none helps);
+    # the test column of every round is reported, read once each
+    best = max(range(len(rows)), key=lambda i: rows[i]["val.ndcg@10"])
+    return {"rounds": rows, "global_head": HeadWeights(thetas[best]), "picked_round": best, "noise_multiplier": sigma, "clip": clip,
+            "bytes_per_client_round": int(np.median(sent_bytes)), "seconds": time.perf_counter() - t0,
+            "clients": len(clients)}
+
+
+def central(viewers: Sequence[Viewer], start: HeadWeights, epochs: int = 20, lr: float = 0.5, l2: float = 0.1) -> HeadWeights:
+    """The same adapter trained on every viewer's events pooled on a server (no privacy): the reference
+    federated averaging tries to reach without collecting the events."""
+    ex = [v.examples for v in viewers if len(v.examples)]
+    pooled = Examples(np.concatenate([e.fused for e in ex]), np.concatenate([e.score for e in ex]),
+                      np.concatenate([e.label for e in ex]))
+    return train_head(start, pooled, epochs=epochs, lr=lr, l2=l2)[0]
+
+
+def _eps_json(e: float) -> float | None:
+    return None if math.isinf(e) else float(e)
+
+
+def run_federate(data: str | Any, bundle: str | Any, out: str | Any, *, rounds: int = 10, clients_per_round: int = 20,
+                 epsilons: Sequence[float] = (math.inf, 8.0, 2.0, 1.0), delta: float = 1e-5, clip: float = 0.5,
+                 local_epochs: int = 5, max_users: int | None = None, seed: int = 0, progress: bool = True,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """The `edge-rec federate` step: personalization, federated averaging for each epsilon, the central
+    and frozen references, a plot, and ``out/bundle`` (the input bundle with the global adapter of the
+    first epsilon and its training program). Writes and returns ``out/federate_report.json``."""
+    from pathlib import Path
+
+    from edge_rec.runtime import Reranker
+    from edge_rec.policy import PostRankPolicy
+
+    for name, v, lo in (("rounds", rounds, 1), ("clients_per_round", clients_per_round, 1),
+                        ("local_epochs", local_epochs, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {lo}, got {v!r}.")
+    eps = [float(e) for e in epsilons]
+    if not eps or any(not (e > 0) for e in eps):
+        raise ConfigError(f"--epsilon values must be > 0 (inf for no noise), got {list(epsilons)}.")
+    if not (0 < delta < 1):
+        raise ConfigError(f"--delta must be in (0, 1), got {delta!r}.")
+    if not (math.isfinite(clip) and clip > 0):
+        raise ConfigError(f"--clip must be a finite number > 0 (the L2 bound of an update), got {clip!r}.")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} exists and is not empty; pass --overwrite or choose another --out.")
+    ds = data if isinstance(data, Dataset) else Dataset.load(data)
+    rr = Reranker.open(bundle, policy=PostRankPolicy(enabled=False))
+    start = rr.global_head
+    t0 = time.perf_counter()
+    viewers = load_viewers(ds, rr, max_users=max_users, seed=seed, progress=progress)
+    if len(viewers) < 2:
+        raise ConfigError(f"the dataset has {len(viewers)} viewer(s) with a clicked validation and test request; "
+                          "federated averaging needs several.")
+    frozen = _mean_ndcg(viewers, start if start.theta.any() else None, "test")
+    pers = personalize(viewers, start)
+    cen = central(viewers, start)
+    settings, runs = [], []
+    for e in eps:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=rounds, desc=f"federate eps={e:g}", unit="round")
+        res = federate(viewers, start, rounds=rounds, clients_per_round=min(clients_per_round, len(viewers)),
+                       epsilon=e, delta=delta, clip=clip, epochs=local_epochs, seed=seed,
+                       on_round=(lambda row, b=bar: b.update(1)) if bar is not None else None)
+        if bar is not None:
+            bar.close()
+        runs.append(res)
+        picked = res["rounds"][res["picked_round"]]["ndcg@10"]
+        settings.append({"epsilon": _eps_json(e), "delta": delta, "rounds": rounds,
+                         "clients_per_round": min(clients_per_round, len(viewers)), "ndcg@10": picked,
+                         "lift_vs_frozen": picked - frozen, "picked_round": res["picked_round"],
+                         "last_round.ndcg@10": res["rounds"][-1]["ndcg@10"], "bytes_per_client_round": res["bytes_per_client_round"],
+                         "noise_multiplier": res["noise_multiplier"], "clip": clip,
+                         "epsilon_spent": res["rounds"][-1]["epsilon_spent"] if not math.isinf(e) else None,
+                         "rounds_detail": [{**r, "epsilon_spent": _eps_json(r["epsilon_spent"])} for r in res["rounds"]]})
+    report = {
+        "data": str(data) if not isinstance(data, Dataset) else ds.meta.get("name", "dataset"),
+        "bundle_in": str(bundle), "engine": f"{rr.engine.name} {rr.format}/{rr.precision}",
+        "viewers": len(viewers), "clients": runs[0]["clients"], "metric": "NDCG@10 on each viewer's test request, mean",
+        "privacy": {"kind": "local: each client clips its update (L2 <= clip) and adds Gaussian noise before sending",
+                    "accountant": "opacus RDP", "delta": delta, "sample_rate": 1.0,
+                    "what_leaves_the_phone": "the clipped, noised change of the adapter (float32 [d+2]) and the round number",
+                    "secure_aggregation": "not simulated (needs Flower's Ray-backed simulation engine)"},
+        "settings": settings, "rounds": settings[0]["rounds_detail"],
+        "frozen": {"ndcg@10": frozen}, "central": {"ndcg@10": _mean_ndcg(viewers, cen, "test")},
+        "personalization": pers, "seconds": time.perf_counter() - t0,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    report["plot"] = _plot(report, out / "federate_rounds.png")
+    report["bundle"] = _write_bundle(Path(bundle), out / "bundle", runs[0]["global_head"], settings[0])
+    from .dataset import write_json
+
+    write_json(out / "federate_report.json", report)
+    return report
+
+
+def _write_bundle(src: Any, dst: Any, head: HeadWeights, setting: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``src`` whose global adapter is ``head`` and whose training program starts from it; the
+    manifest's file list is rewritten, so a signature (manifest.sig) no longer holds and is dropped."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from edge_rec.bundle import MANIFEST, file_entries, verify_bundle, write_zip
+    from edge_rec.export.training import PROGRAM, write_program
+
+    from .dataset import replace_dir, write_json
+
+    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.staging-", dir=dst.parent))
+    try:
+        shutil.copytree(src, stage, dirs_exist_ok=True)
+        signed = (stage / "manifest.sig").is_file()
+        if signed:
+            (stage / "manifest.sig").unlink()
+        manifest = json.loads((stage / MANIFEST).read_text())
+        local = write_program(stage, head.d, head.theta)
+        local["federated"] = {k: setting[k] for k in ("epsilon", "delta", "rounds", "clients_per_round",
+                                                      "noise_multiplier", "clip", "ndcg@10", "picked_round")}
+        manifest["local_learning"] = local
+        files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST)
+        manifest["files"] = file_entries(stage, files)
+        write_json(stage / MANIFEST, manifest)
+        verify_bundle(stage)
+        replace_dir(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    z = write_zip(dst, dst.with_name(dst.name + ".zip"))
+    return {"path": str(dst), "zip": str(z), "signature_dropped": signed, "program": PROGRAM}
+
+
+def _plot(report: dict[str, Any], path: Any) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for s in report["settings"]:
+        xs = [r["round"] for r in s["rounds_detail"]]
+        ys = [r["ndcg@10"] for r in s["rounds_detail"]]
+        lab = "ε = ∞ (clipping only)" if s["epsilon"] is None else f"ε = {s['epsilon']:g}, δ = {s['delta']:g}"
+        ax.plot(xs, ys, marker="o", ms=3, label=lab)
+    ax.axhline(report["frozen"]["ndcg@10"], color="k", ls="--", lw=1, label="frozen student")
+    ax.axhline(report["central"]["ndcg@10"], color="gray", ls=":", lw=1, label="adapter trained centrally")
+    ax.set_xlabel("round")
+    ax.set_ylabel("NDCG@10 (test request, mean over viewers)")
+    ax.set_title(f"Federated adapter, {report['clients']} clients", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
