@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge_rec.errors import ConfigError
-from edge_rec.local import Examples, HeadWeights, examples_from_events, train_head, validated_head
+from edge_rec.local import Examples, HeadWeights, event_label, score_page, train_head, validated_head
 from edge_rec.metrics import ndcg_at_k
 from edge_rec.state import Event
 
@@ -81,39 +81,57 @@ def _events(ds: Dataset, rows: np.ndarray) -> list[Event]:
 
 
 def _request(rr: Any, ds: Dataset, r: int) -> Request:
+    """Request ``r`` scored as the phone scored it (:func:`edge_rec.local.score_page`); click [N] are its
+    clicks (a held-out request: what the metric reads)."""
     from edge_rec.distill.feed import request_feed
 
     feed = request_feed(ds, r, history=rr.hist_len)
     hist = rr.parse_history(feed["history"])
-    x = rr.features(rr.prepare(feed["candidates"]), feed["now"], hist, feed["history_total"])
-    out = rr.engine.run(x)
+    _, score, fused = score_page(rr, feed["candidates"], feed["now"], hist)
     clicked = set(feed["clicked_item_ids"])
     click = np.array([1.0 if c["item_id"] in clicked else 0.0 for c in feed["candidates"]])
-    return Request(np.asarray(out["score"], np.float64), np.asarray(out["fused"], np.float64), click)
+    return Request(score.astype(np.float64), fused.astype(np.float64), click)
+
+
+def _page_examples(rr: Any, ds: Dataset, r: int) -> Examples:
+    """A training-period page as :meth:`LocalLearner.observe` keeps it, labelled as
+    :func:`~edge_rec.local.examples_from_store` labels it: the viewer's logged reaction to an item
+    through :func:`~edge_rec.local.event_label`, 0 for a candidate with none (a negative from the feed)."""
+    from edge_rec.distill.feed import request_feed
+
+    feed = request_feed(ds, r, history=rr.hist_len)
+    ids, score, fused = score_page(rr, feed["candidates"], feed["now"], rr.parse_history(feed["history"]))
+    rows = np.flatnonzero(ds.interactions["req"] == r)
+    label_of = {e.item_id: event_label(e) for e in _events(ds, rows)}
+    label = np.array([label_of.get(int(i), 0.0) for i in ids], np.float32)
+    return Examples(fused, score, label)
 
 
 def load_viewers(ds: Dataset, rr: Any, max_users: int | None = None, seed: int = 0, progress: bool = False) -> list[Viewer]:
-    """Viewers with a validation and a test request that has a click, their training-period events as
-    their store. ``max_users``: a random sample of them (seeded)."""
+    """Viewers with a validation and a test request that has a click; their store holds their
+    training-period pages and reactions. ``max_users``: a random sample of them (seeded)."""
     rq = ds.requests
     val = {int(rq["user"][r]): int(r) for r in ds.split_index("val") if rq["click"][r].max() > 0}
     test = {int(rq["user"][r]): int(r) for r in ds.split_index("test") if rq["click"][r].max() > 0}
     users = sorted(set(val) & set(test))
     if max_users is not None and len(users) > max_users:
         users = sorted(np.random.default_rng(seed).choice(users, max_users, replace=False).tolist())
-    train_rows = ds.train_interaction_mask() if hasattr(ds, "train_interaction_mask") else \
-        rq["split"][ds.interactions["req"]] == 0
-    it_user = ds.interactions["user"]
+    train = {}
+    for r in ds.split_index("train").tolist():
+        train.setdefault(int(rq["user"][r]), []).append(r)
     viewers = []
-    it = users
+    it: Any = users
     if progress:
         from tqdm import tqdm
 
         it = tqdm(users, desc="viewers", unit="user")
+    d = rr.fused_dim
     for u in it:
-        rows = np.flatnonzero((it_user == u) & train_rows)
-        evs = _events(ds, rows)
-        viewers.append(Viewer(u, evs, examples_from_events(rr, evs), _request(rr, ds, val[u]), _request(rr, ds, test[u])))
+        pages = [_page_examples(rr, ds, r) for r in sorted(train.get(u, []), key=lambda r: rq["ts"][r])]
+        ex = (Examples(np.concatenate([p.fused for p in pages]), np.concatenate([p.score for p in pages]),
+                       np.concatenate([p.label for p in pages])) if pages else
+              Examples(np.zeros((0, d), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32)))
+        viewers.append(Viewer(u, [], ex, _request(rr, ds, val[u]), _request(rr, ds, test[u])))
     return viewers
 
 

@@ -22,6 +22,10 @@ from edge_rec.distill.world import generate_world, world_config
 
 STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
 PENDING: dict[str, str] = {}
+FEDERATE_ROUNDS = 10
+FEDERATE_VIEWERS = 500
+"""On-device learning in the pipeline: a seeded sample of viewers, 10 rounds of 20 clients per epsilon
+(`edge-rec federate` runs every viewer)."""
 FULL_CATALOGUE_REQUESTS = 300
 """Test requests (a seeded random subset) the pipeline ranks the whole catalogue for, per model: enough
 for intervals of about ±0.05 on Recall@20, in a minute or two on 2 cores; `edge-rec evaluate` runs all."""
@@ -144,6 +148,21 @@ def run_pipeline(
         timings["drift"] = time.perf_counter() - t0
         stages["drift"] = (f"ran: {drift['users']} planted interest switches replayed through the bundle -> "
                            f"{run / 'drift.json'}")
+    fed = None
+    try:
+        import flwr  # noqa: F401
+        import opacus  # noqa: F401
+    except ImportError:
+        stages["federate"] = "skipped: needs the federate extra (pip install -c constraints.txt 'edge-rec[federate]')"
+    else:
+        from edge_rec.distill.federate import run_federate
+
+        t0 = time.perf_counter()
+        fed = run_federate(ds, run / "bundle", run / "federate", rounds=FEDERATE_ROUNDS, clients_per_round=20,
+                           max_users=FEDERATE_VIEWERS, seed=seed, progress=progress)
+        timings["federate"] = time.perf_counter() - t0
+        stages["federate"] = (f"ran: personal adapters for {fed['viewers']} viewers, federated averaging over "
+                              f"{FEDERATE_ROUNDS} rounds for epsilon inf/8/2/1 -> {run / 'federate'}")
     from edge_rec import bench as B
 
     t0 = time.perf_counter()
@@ -178,6 +197,11 @@ def run_pipeline(
         "export_gate_failures": ereport["gate_failures"],
         "bench": {k: brep[k] for k in ("schema_version", "machine", "results", "ratios", "roofline", "errors", "plots")},
         "drift": None if drift is None else {k: v for k, v in drift.items() if k != "rows"},
+        "federate": None if fed is None else {
+            "viewers": fed["viewers"], "frozen": fed["frozen"], "central": fed["central"],
+            "personalization": {k: fed["personalization"][k] for k in ("adopted", "overall", "buckets", "ms_per_step_p50")},
+            "settings": [{k: v for k, v in st.items() if k != "rounds_detail"} for st in fed["settings"]],
+            "report": str(run / "federate" / "federate_report.json")},
         "bundle": {k: ereport["bundle"][k] for k in ("path", "zip", "files", "manifest_sha256")},
         "teacher": stage["teacher"],
         "stages": stages,
@@ -364,6 +388,23 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                   "| history | median swipes | mean swipes | reached within cap |", "|---|---|---|---|",
                   f"| updated on the device | {w['median_swipes']:.0f} | {w['mean_swipes']:.1f} | {w['reached_top3']:.0%} |",
                   f"| frozen at the switch | {wo['median_swipes']:.0f} | {wo['mean_swipes']:.1f} | {wo['reached_top3']:.0%} |", ""]
+    fd = report.get("federate")
+    if fd:
+        pz = fd["personalization"]
+        lines += ["## On-device learning (the output adapter; `federate/federate_report.json`)", "",
+                  f"NDCG@10 on each of {fd['viewers']} viewers' test request. The frozen bundle "
+                  f"{fd['frozen']['ndcg@10']:.4f}; the adapter trained on every viewer's events pooled on a server "
+                  f"{fd['central']['ndcg@10']:.4f}; each viewer's own adapter (kept by {pz['adopted']} viewers whose "
+                  f"newest events it predicted better) {pz['overall']['personal.ndcg@10']:.4f}, lift "
+                  f"{pz['overall']['lift']:+.4f} (95 % interval {pz['overall']['lift_ci95'][0]:+.4f} .. "
+                  f"{pz['overall']['lift_ci95'][1]:+.4f}); a training step {pz['ms_per_step_p50'] or 0:.3f} ms.", "",
+                  "| federated, epsilon (delta) | noise multiplier | NDCG@10 at the round picked on validation | "
+                  "lift vs frozen | last round | bytes per client per round |", "|---|---|---|---|---|---|"]
+        for st in fd["settings"]:
+            eps = "inf (clipping only)" if st["epsilon"] is None else f"{st['epsilon']:g} ({st['delta']:g})"
+            lines.append(f"| {eps} | {st['noise_multiplier']:.3g} | {st['ndcg@10']:.4f} (round {st['picked_round']}) | "
+                         f"{st['lift_vs_frozen']:+.4f} | {st['last_round.ndcg@10']:.4f} | {st['bytes_per_client_round']} |")
+        lines += ["", "![NDCG@10 per round](federate/federate_rounds.png)", ""]
     lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]
     lines += ["## Timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()] + [""]
     return "\n".join(lines)

@@ -132,13 +132,29 @@ class Examples:
 
 
 def event_label(e: Event) -> float:
-    """0 for a skipped item, 1 for one the viewer watched (finished, liked, shared, or not skipped).
+    """1 for an item the viewer engaged with (watched at least half, finished, liked or shared, and not
+    skipped), else 0: the "effective view" short-video logs count as a click.
 
-    Measured on the synthetic world (docs/on-device-learning.md): "watched" is the label that agrees with
-    the ranking the model serves (no clicked item is skipped there); "finished, liked or shared against
-    skipped" taught the adapter to prefer short items and cost 0.09 NDCG@10 when trained on every
-    viewer's events pooled."""
-    return 0.0 if e.skip else 1.0
+    Measured on the synthetic world (docs/on-device-learning.md): a label that disagrees with the served
+    ranking's target teaches the adapter the wrong thing ("finished, liked or shared against skipped"
+    taught it to prefer short items and cost 0.09 NDCG@10 when trained on every viewer's events pooled)."""
+    if e.skip:
+        return 0.0
+    return 1.0 if (e.like or e.share or e.finish or e.watch_ratio >= 0.5) else 0.0
+
+
+def score_page(rr: "Reranker", candidates: Any, now: float, history: Sequence[Event]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A feed page scored by the bundle's frozen model as the viewer met it: item_ids [N], score [N],
+    fused [N, d] (one engine call, the request's own history)."""
+    feed = candidates if hasattr(candidates, "inputs") else rr.prepare(candidates)
+    x = rr.features(feed, now, [e for e in history if e.ts < now][-rr.hist_len:])
+    out = rr.engine.run(x)
+    n = len(feed)
+    score, fused = np.asarray(out["score"], np.float32)[:n], np.asarray(out["fused"], np.float32)[:n]
+    if not (np.isfinite(score).all() and np.isfinite(fused).all()):
+        raise DataError("the model produced non-finite outputs for this page; its candidates are outside what the "
+                        "model can score.")
+    return np.asarray(feed.item_ids), score, fused
 
 
 def examples_from_events(rr: "Reranker", events: Sequence[Event],
@@ -172,7 +188,10 @@ def examples_from_events(rr: "Reranker", events: Sequence[Event],
             if c is None:
                 c = Candidate(item_id=e.item_id, creator_id=e.creator_id, duration_s=e.duration_ms / 1000.0,
                               upload_ts=e.ts - 3600.0 * fresh_h, clicks=clicks,
-                              embeddings={m: v for m, v in e.embeddings.items() if m in rr.modalities})
+                              # as in the history: a vector of another modality or size (an older
+                              # bundle's) is treated as missing
+                              embeddings={m: v for m, v in e.embeddings.items()
+                                          if m in rr.modalities and np.shape(v) == (rr.modalities[m],)})
             cs.append(c)
         now = min(e.ts for e in chunk)
         x = rr.features(cs, now, [e for e in history if e.ts < now][-rr.hist_len:])
@@ -190,6 +209,36 @@ def examples_from_events(rr: "Reranker", events: Sequence[Event],
         raise DataError("the model produced non-finite outputs for some of the stored events; their embeddings are "
                         "outside what the model can score (forget() them or check how they were recorded).")
     return ex
+
+
+def examples_from_store(rr: "Reranker", state: "UserState") -> Examples:
+    """The viewer's training examples, oldest first: every candidate of every page :meth:`LocalLearner.observe`
+    kept, labelled by the viewer's first event on it after the page was shown (:func:`event_label`; no
+    event: 0, a negative from the feed), then the events on items of no kept page, scored from their
+    stored embeddings (:func:`examples_from_events`)."""
+    events = sorted(state.events(), key=lambda e: e.ts)
+    by_item: dict[int, list[Event]] = {}
+    for e in events:
+        by_item.setdefault(e.item_id, []).append(e)
+    rows = state._exposures()
+    d = rr.fused_dim
+    fused, score, label, covered = [], [], [], set()
+    for ts, item, sc, blob in rows:
+        f = np.frombuffer(blob, np.float32)
+        if f.shape != (d,):
+            continue                         # a page scored by another bundle's model
+        after = [e for e in by_item.get(item, ()) if e.ts >= ts]
+        fused.append(f)
+        score.append(sc)
+        label.append(event_label(after[0]) if after else 0.0)
+        if after:
+            covered.add(id(after[0]))
+    rest = examples_from_events(rr, [e for e in events if id(e) not in covered])
+    if not fused:
+        return rest
+    page = Examples(np.stack(fused), np.asarray(score, np.float32), np.asarray(label, np.float32))
+    return Examples(np.concatenate([page.fused, rest.fused]), np.concatenate([page.score, rest.score]),
+                    np.concatenate([page.label, rest.label]))
 
 
 def train_head(start: HeadWeights, ex: Examples, *, epochs: int = 20, lr: float = 0.5, l2: float = 0.1,
@@ -284,8 +333,20 @@ class LocalLearner:
         self.l2 = conf["l2"] if l2 is None else l2
         self.min_examples = int(min_examples)
 
-    def fit(self, candidates: Mapping[int, Any] | None = None) -> dict[str, Any]:
-        """Retrain from the bundle's adapter on every event in the store (so that what
+    def observe(self, candidates: Any, now: float) -> int:
+        """Keep a feed page as the model scored it for the viewer at ``now`` (its candidates' scores and
+        fused embeddings, in the store): the items the viewer then did not engage with become
+        negatives. Call it once per page the viewer was shown (not per swipe). Returns the row count."""
+        from edge_rec.runtime import request_time
+
+        t = request_time(now)
+        ids, score, fused = score_page(self.rr, candidates, t, self.state.events(self.rr.hist_len, t))
+        self.state._record_exposures(t, ids, score, fused)
+        return len(ids)
+
+    def fit(self) -> dict[str, Any]:
+        """Retrain from the bundle's adapter on what the store holds (the pages kept by :meth:`observe`
+        and the events, :func:`examples_from_store`; so that what
         :meth:`UserState.forget` removed is no longer in the weights), and keep the result only if it
         predicts the viewer's newest events better than the bundle's adapter does.
 
@@ -294,8 +355,8 @@ class LocalLearner:
         better, the store holds no personal adapter and the bundle's is used. If it is better, the
         adapter is retrained on all events and stored. Fewer than ``min_examples`` events: nothing is
         trained. Returns a report: trained, examples, held_out_loss {bundle, personal}, steps, ms."""
-        events = sorted(self.state.events(), key=lambda e: e.ts)
-        ex = examples_from_events(self.rr, events, candidates)
+        events = self.state.events()
+        ex = examples_from_store(self.rr, self.state)
         start = self.rr.global_head
         if len(ex) < self.min_examples:
             self.state._delete_meta(STORE_KEY)

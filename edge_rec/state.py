@@ -59,6 +59,16 @@ CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
 CREATE INDEX IF NOT EXISTS events_signals ON events(ts, creator_id, skip, sentiment) WHERE skip = 1 OR sentiment < 0;
 DROP INDEX IF EXISTS events_recent;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- the feed pages the viewer was shown, as the model scored them (edge_rec.local.LocalLearner.observe):
+-- the candidates the viewer did not engage with are on-device learning's negatives
+CREATE TABLE IF NOT EXISTS exposures (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      REAL    NOT NULL,
+    item_id INTEGER NOT NULL,
+    score   REAL    NOT NULL,               -- the frozen model's score
+    fused   BLOB    NOT NULL                -- its fused embedding, float32 bytes
+);
+CREATE INDEX IF NOT EXISTS exposures_ts ON exposures(ts);
 """
 STORE_VERSION = "1"
 # the creator signals of a time window; its "(skip = 1 OR sentiment < 0)" is the partial index's own
@@ -383,7 +393,9 @@ class UserState:
         ``forget()`` is called again). Returns only when the bytes are gone."""
         with self._lock, _store_errors(self.path, "forget the events in"):
             self._db.execute("DELETE FROM events")
-            # what was learned from the events goes with them (edge_rec.local's personal adapter)
+            # what was learned from the events goes with them: the feed pages scored for on-device
+            # learning and the personal adapter (edge_rec.local)
+            self._db.execute("DELETE FROM exposures")
             self._db.execute("DELETE FROM meta WHERE key = 'personal_head'")
             self._decoded.clear()
             self._db.execute("VACUUM")
@@ -399,6 +411,29 @@ class UserState:
                 time.sleep(0.05)
 
     # ---- small named values kept beside the events (the personal adapter of edge_rec.local) ----------
+    def _record_exposures(self, ts: float, item_ids: np.ndarray, scores: np.ndarray, fused: np.ndarray) -> None:
+        """One feed page as the model scored it (see edge_rec.local), kept under the events' retention:
+        pages older than ``max_age_days`` and beyond ``max_events`` rows go first."""
+        rows = [(float(ts), int(i), float(s), np.asarray(f, np.float32).tobytes())
+                for i, s, f in zip(item_ids.tolist(), scores.tolist(), fused)]
+        with self._lock, _store_errors(self.path, "write to"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO exposures (ts, item_id, score, fused) VALUES (?, ?, ?, ?)", rows)
+                self._db.execute("DELETE FROM exposures WHERE ts < ?", (float(ts) - self.max_age_days * 86400.0,))
+                over = self._db.execute("SELECT COUNT(*) FROM exposures").fetchone()[0] - self.max_events
+                if over > 0:
+                    self._db.execute("DELETE FROM exposures WHERE id IN (SELECT id FROM exposures ORDER BY ts, id LIMIT ?)",
+                                     (over,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _exposures(self) -> list[tuple[float, int, float, bytes]]:
+        with self._lock, _store_errors(self.path, "read"):
+            return self._db.execute("SELECT ts, item_id, score, fused FROM exposures ORDER BY ts, id").fetchall()
+
     def _get_meta(self, key: str) -> str | None:
         with self._lock, _store_errors(self.path, "read"):
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -114,6 +114,13 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     sampled = md[md.index("## Models (sampled"):]
     assert "recall@20" not in sampled.split("\n\n")[1]
     assert (run / "models.png").stat().st_size > 1000
+    # on-device learning: each viewer's adapter and federated averaging for each epsilon, in the report
+    fed = rep["federate"]
+    assert [st["epsilon"] for st in fed["settings"]] == [None, 8.0, 2.0, 1.0]
+    assert fed["settings"][3]["noise_multiplier"] > fed["settings"][1]["noise_multiplier"] > 0
+    assert fed["viewers"] > 100 and 0 <= fed["personalization"]["adopted"] <= fed["viewers"]
+    assert "## On-device learning" in md and "(federate/federate_rounds.png)" in md
+    assert (run / "federate" / "federate_rounds.png").is_file() and (run / "federate" / "bundle" / "manifest.json").is_file()
     assert main(["pipeline", "--preset", "tiny", "--out", str(run)]) == 2     # never overwrites silently
 
 
