@@ -23,7 +23,7 @@ from edge_rec.distill.world import generate_world, world_config
 STAGES = ("world", "baselines", "train-teacher", "distill", "export", "bench")
 PENDING: dict[str, str] = {}
 FEDERATE_ROUNDS = 10
-FEDERATE_VIEWERS = 500
+FEDERATE_VIEWERS = 300
 """On-device learning in the pipeline: a seeded sample of viewers, 10 rounds of 20 clients per epsilon
 (`edge-rec federate` runs every viewer)."""
 FULL_CATALOGUE_REQUESTS = 300

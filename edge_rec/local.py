@@ -8,14 +8,13 @@ The trainable part is a small adapter on the model's outputs, not the model itse
 file never changes and any engine (ONNX Runtime, LiteRT, Core ML, ExecuTorch) serves it; theta = 0 is
 the frozen ranking exactly. ``u`` is the viewer's taste as a direction in the model's own item space,
 ``a`` and ``b`` recalibrate the frozen score for this viewer. Why this part and not a low-rank adapter
-inside the fusion block: it needs no intermediate tensor the exported files do not expose, it is d + 2
-numbers (18 on the default student: 72 bytes per federated update, and differential-privacy noise grows
-with the dimension), and measured on the synthetic world it is what the local data can support (see
-docs/on-device-learning.md).
+inside the fusion block: it needs no intermediate tensor the exported files do not expose, and it is
+d + 2 numbers (34 on the default student: 136 bytes per federated update; differential-privacy noise
+grows with the dimension). A low-rank adapter was not built or measured.
 
-Training is weighted logistic loss on the viewer's events (watched = 1, skipped = 0, :func:`event_label`)
-with an L2 pull toward the starting weights (the bundle's global adapter, or zero), plain SGD on
-fixed batches of :data:`BATCH`. :func:`loss_and_grad` is the step written in numpy, so the phone-side
+Training is weighted logistic loss on the feed pages the viewer was shown (:meth:`LocalLearner.observe`),
+each candidate labelled by the viewer's reaction (:func:`event_label`; none: 0), with an L2 pull toward
+the starting weights (the bundle's global adapter, or zero), plain SGD on fixed batches of :data:`BATCH`. :func:`loss_and_grad` is the step written in numpy, so the phone-side
 Python runtime trains without torch; the bundle also carries the same step as an ExecuTorch training
 program (``local/head_train.pte``, for the C++/Java ExecuTorch ``TrainingModule`` on a phone), and the
 tests check that one step of each equals one step of PyTorch's autograd + ``torch.optim.SGD``.

@@ -137,9 +137,11 @@ def test_pipeline_default_preset(tmp_path):
     # kernels, torch's pytree deprecation, TensorFlow's oneDNN notice
     for noise in ("midr", "Failed to load", "register_constant()", "oneDNN custom operations"):
         assert noise not in proc.stderr, noise
+
     rep = json.loads((run / "report.json").read_text())
     d = rep["dataset"]
     assert d["users"] == 2000 and d["items"] == 3000 and d["cold_items"] > 0
+    assert rep["federate"]["viewers"] == 300 and len(rep["federate"]["settings"]) == 4     # on-device learning ran
     assert set(d["modalities"]) == {"visual", "audio", "text", "motion"}
     m = rep["models"]
     pop, ido = m["popularity"], m["id_only"]

@@ -72,28 +72,39 @@ bundle, store, out = sys.argv[1:4]
 rr = Reranker.open(bundle)
 feed = json.load(open(f"{bundle}/sample_feed.json"))
 cands = feed["candidates"]
-# a viewer who watches whatever has a positive first visual coordinate and skips the rest, 300 times
+cut = float(np.median([c["embeddings"]["visual"][0] for c in cands]))
+# 25 pages of the sample feed's items (fresh ids, jittered vectors); the viewer watches every item whose
+# first visual coordinate is above the median and never touches the rest (negatives from the feed)
 rng = np.random.default_rng(0)
-events = []
-for k in range(300):
-    c = cands[k % len(cands)]
-    v = np.asarray(c["embeddings"]["visual"], np.float32) + rng.normal(0, 0.05, len(c["embeddings"]["visual"]))
-    watched = bool(v[0] > np.median([x["embeddings"]["visual"][0] for x in cands]))
-    events.append(Event(item_id=1_000_000 + k, ts=1000.0 + 10 * k, watch_ms=20000.0 if watched else 500.0,
-                        duration_ms=20000.0, finish=watched, skip=not watched, embeddings={"visual": v}))
+learner = None
 with UserState(store) as st:
-    st.record_many(events)
-    before = [r["item_id"] for r in rr.rerank(cands, context={"now": 5000.0}, state=st)]
-    rep = LocalLearner(rr, st).fit()
+    learner = LocalLearner(rr, st)
+    pages = []
+    for p in range(25):
+        now = 1000.0 + 600 * p
+        page = []
+        for j, c in enumerate(cands):
+            v = np.asarray(c["embeddings"]["visual"], np.float32) + rng.normal(0, 0.05, len(c["embeddings"]["visual"]))
+            page.append({**c, "item_id": 1_000_000 + 100 * p + j, "embeddings": {"visual": v.tolist()}})
+        learner.observe(page, now)
+        for j, c in enumerate(page):
+            if c["embeddings"]["visual"][0] > cut:
+                st.record(Event(item_id=c["item_id"], ts=now + 10 + j, watch_ms=20000.0, duration_ms=20000.0,
+                                finish=True, embeddings={"visual": np.asarray(c["embeddings"]["visual"], np.float32)}))
+        pages.append(page)
+    test = pages[-1]
+    before = [r["item_id"] for r in rr.rerank(test, context={"now": 99999.0}, state=st)]
+    rep = learner.fit()
     head = stored_head(rr, st)
-    after = rr.rerank(cands, context={"now": 5000.0}, state=st)
+    after = rr.rerank(test, context={"now": 99999.0}, state=st)
+    events = st.events()
     st.forget()
-    gone = stored_head(rr, st) is None
+    gone = stored_head(rr, st) is None and st._exposures() == []
     st.record_many(events)           # the same events again: the ranking is the frozen one, the adapter is gone
-    again = [r["item_id"] for r in rr.rerank(cands, context={"now": 5000.0}, state=st)]
+    again = [r["item_id"] for r in rr.rerank(test, context={"now": 99999.0}, state=st)]
 json.dump({"report": rep, "theta": None if head is None else head.theta.tolist(), "before": before,
-           "after": [r["item_id"] for r in after], "after_scores": [r["score"] for r in after], "gone": gone,
-           "again": again, "torch": "torch" in sys.modules}, open(out, "w"))
+           "after": [r["item_id"] for r in after], "gone": gone, "again": again, "n": len(cands),
+           "torch": "torch" in sys.modules}, open(out, "w"))
 """
 
 
@@ -111,10 +122,33 @@ def test_the_phone_learns_from_its_store_without_torch_and_forget_drops_it(bundl
     rep = r["report"]
     assert rep["trained"] is True, rep
     assert rep["held_out_loss"]["personal"] < rep["held_out_loss"]["bundle"]
-    assert rep["examples"] == 300 and rep["steps"] > 0
+    assert rep["examples"] == 25 * r["n"] and rep["steps"] > 0        # every candidate of every page
     assert r["theta"] is not None and any(abs(x) > 1e-3 for x in r["theta"])
     assert r["after"] != r["before"]                              # the next rerank used the weights
     assert r["gone"] is True and r["again"] == r["before"]        # forget() took the adapter too
+
+
+def test_pages_are_labelled_by_the_reaction_that_followed(bundle, tmp_path):
+    """A page's candidate is a positive if the viewer's first event on it after the page was an
+    effective view, a negative if it was a skip or there was none; an event from before the page does
+    not label it (it is an example of its own, scored from its stored vectors)."""
+    from edge_rec.local import LocalLearner, examples_from_store
+    from edge_rec.runtime import Reranker
+    from edge_rec.state import Event, UserState
+
+    rr = Reranker.open(bundle)
+    cands = json.loads((bundle / "sample_feed.json").read_text())["candidates"][:4]
+    ids = [c["item_id"] for c in cands]
+    vec = {c["item_id"]: np.asarray(c["embeddings"]["visual"], np.float32) for c in cands}
+    with UserState(tmp_path / "v.db") as st:
+        st.record(Event(item_id=ids[3], ts=50.0, watch_ms=9000.0, duration_ms=10000.0, embeddings={"visual": vec[ids[3]]}))
+        LocalLearner(rr, st).observe(cands, 100.0)
+        st.record_many([Event(item_id=ids[0], ts=110.0, watch_ms=6000.0, duration_ms=10000.0, embeddings={"visual": vec[ids[0]]}),
+                        Event(item_id=ids[1], ts=120.0, watch_ms=800.0, duration_ms=10000.0, skip=True,
+                              embeddings={"visual": vec[ids[1]]})])
+        ex = examples_from_store(rr, st)
+        assert ex.label.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]       # the page's four, then the earlier view
+        assert len(st._exposures()) == 4
 
 
 def test_a_viewer_with_no_pattern_keeps_the_bundles_adapter(bundle, tmp_path):
@@ -126,7 +160,9 @@ def test_a_viewer_with_no_pattern_keeps_the_bundles_adapter(bundle, tmp_path):
     rr = Reranker.open(bundle)
     cands = json.loads((bundle / "sample_feed.json").read_text())["candidates"]
     rng = np.random.default_rng(3)
-    evs = [Event(item_id=5_000_000 + k, ts=100.0 + k, duration_ms=10000.0, skip=bool(rng.random() < 0.5),
+    flips = rng.random(60) < 0.5
+    evs = [Event(item_id=5_000_000 + k, ts=100.0 + k, duration_ms=10000.0, skip=bool(flips[k]),
+                 watch_ms=500.0 if flips[k] else 10000.0,
                  embeddings={"visual": np.asarray(cands[k % len(cands)]["embeddings"]["visual"], np.float32)})
            for k in range(60)]
     with UserState(tmp_path / "v.db") as st:
