@@ -162,7 +162,8 @@ def run_pipeline(
                            max_users=FEDERATE_VIEWERS, seed=seed, progress=progress)
         timings["federate"] = time.perf_counter() - t0
         stages["federate"] = (f"ran: personal adapters for {fed['viewers']} viewers, federated averaging over "
-                              f"{FEDERATE_ROUNDS} rounds for epsilon inf/8/2/1 -> {run / 'federate'}")
+                              f"{FEDERATE_ROUNDS} rounds, central DP under secure aggregation and local DP, epsilon inf/8/2/1 "
+                              f"-> {run / 'federate'}")
     from edge_rec import bench as B
 
     t0 = time.perf_counter()
@@ -398,11 +399,15 @@ def render_markdown(report: dict[str, Any], plot: Path | None) -> str:
                   f"newest events it predicted better) {pz['overall']['personal.ndcg@10']:.4f}, lift "
                   f"{pz['overall']['lift']:+.4f} (95 % interval {pz['overall']['lift_ci95'][0]:+.4f} .. "
                   f"{pz['overall']['lift_ci95'][1]:+.4f}); a training step {pz['ms_per_step_p50'] or 0:.3f} ms.", "",
-                  "| federated, epsilon (delta) | noise multiplier | NDCG@10 at the round picked on validation | "
-                  "lift vs frozen | last round | bytes per client per round |", "|---|---|---|---|---|---|"]
+                  "Federated averaging: `central` = updates clipped on the phone, summed under Flower's secure "
+                  "aggregation (SecAgg+), noise added once to the average (the server is trusted to add it); "
+                  "`local` = each phone noises its own update (nobody trusted).", "",
+                  "| privacy | epsilon (delta) | noise multiplier | NDCG@10 at the round picked on validation | "
+                  "lift vs frozen | last round | bytes per client per round |", "|---|---|---|---|---|---|---|"]
         for st in fd["settings"]:
             eps = "inf (clipping only)" if st["epsilon"] is None else f"{st['epsilon']:g} ({st['delta']:g})"
-            lines.append(f"| {eps} | {st['noise_multiplier']:.3g} | {st['ndcg@10']:.4f} (round {st['picked_round']}) | "
+            lines.append(f"| {st.get('privacy', 'local')} | {eps} | {st['noise_multiplier']:.3g} | "
+                         f"{st['ndcg@10']:.4f} (round {st['picked_round']}) | "
                          f"{st['lift_vs_frozen']:+.4f} | {st['last_round.ndcg@10']:.4f} | {st['bytes_per_client_round']} |")
         lines += ["", "![NDCG@10 per round](federate/federate_rounds.png)", ""]
     lines += ["## Stages", ""] + [f"- **{k}**: {v}" for k, v in report["stages"].items()] + [""]

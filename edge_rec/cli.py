@@ -261,7 +261,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
     rep = run_federate(args.data, args.bundle, args.out, rounds=args.rounds, clients_per_round=args.clients_per_round,
                        epsilons=args.epsilon or [math.inf, 8.0, 2.0, 1.0], delta=args.delta, clip=args.clip,
                        local_epochs=args.local_epochs, max_users=args.max_users, seed=args.seed,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, privacy=args.privacy or ["central", "local"])
     print(f"{rep['clients']} clients, {rep['settings'][0]['rounds']} rounds, engine {rep['engine']}; NDCG@10 on each "
           f"viewer's test request: frozen {rep['frozen']['ndcg@10']:.4f}, adapter trained centrally "
           f"{rep['central']['ndcg@10']:.4f}")
@@ -271,7 +271,7 @@ def cmd_federate(args: argparse.Namespace) -> int:
           f"95 % CI {p['lift_ci95'][0]:+.4f} .. {p['lift_ci95'][1]:+.4f})")
     for st in rep["settings"]:
         eps = "inf" if st["epsilon"] is None else f"{st['epsilon']:g}"
-        print(f"  federated, epsilon {eps} (delta {st['delta']:g}, noise x{st['noise_multiplier']:.3g}): "
+        print(f"  federated, {st['privacy']} DP, epsilon {eps} (delta {st['delta']:g}, noise x{st['noise_multiplier']:.3g}): "
               f"{st['ndcg@10']:.4f} at round {st['picked_round']} (picked on validation; lift "
               f"{st['lift_vs_frozen']:+.4f}; last round {st['last_round.ndcg@10']:.4f}), "
               f"{st['bytes_per_client_round']} bytes per client per round")
@@ -695,15 +695,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     fd = sub.add_parser("federate", help="on-device learning: each viewer's adapter trained on their own events, "
-                                           "federated averaging on Flower with local differential privacy")
+                                           "federated averaging on Flower with secure aggregation and differential "
+                                           "privacy")
     fd.add_argument("--data", required=True, help="dataset folder with per-user val/test requests (e.g. RUN/data)")
     fd.add_argument("--bundle", required=True, help="the edge bundle whose adapter is trained (e.g. RUN/bundle)")
     fd.add_argument("--out", required=True, help="folder for federate_report.json, federate_rounds.png, bundle/")
     fd.add_argument("--rounds", type=int, default=10, help="federated rounds")
     fd.add_argument("--clients-per-round", type=int, default=20, help="clients sampled per round")
     fd.add_argument("--epsilon", type=float, action="append",
-                    help="repeatable: per-client privacy budget over all rounds (inf: clipping, no noise); the "
-                         "bundle written takes the first (default: inf 8 2 1)")
+                    help="repeatable: per-viewer privacy budget over all rounds (inf: clipping, no noise); the "
+                         "bundle written takes the first privacy kind's first epsilon (default: inf 8 2 1)")
+    fd.add_argument("--privacy", choices=["central", "local"], action="append",
+                    help="repeatable: central = clipped updates under Flower's SecAgg+, noise added once to the "
+                         "average (trusts the server to add it); local = each phone noises its own update (trusts "
+                         "nobody, needs far more noise) (default: central local)")
     fd.add_argument("--delta", type=float, default=1e-5, help="delta of (epsilon, delta)-DP")
     fd.add_argument("--clip", type=float, default=0.5, help="L2 bound of each client's update")
     fd.add_argument("--local-epochs", type=int, default=5, help="passes over a client's events per round")

@@ -116,8 +116,12 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     assert (run / "models.png").stat().st_size > 1000
     # on-device learning: each viewer's adapter and federated averaging for each epsilon, in the report
     fed = rep["federate"]
-    assert [st["epsilon"] for st in fed["settings"]] == [None, 8.0, 2.0, 1.0]
-    assert fed["settings"][3]["noise_multiplier"] > fed["settings"][1]["noise_multiplier"] > 0
+    assert [(st["privacy"], st["epsilon"]) for st in fed["settings"]] == [
+        (k, e) for k in ("central", "local") for e in (None, 8.0, 2.0, 1.0)]
+    for k in (0, 4):
+        assert fed["settings"][k + 3]["noise_multiplier"] > fed["settings"][k + 1]["noise_multiplier"] > 0
+    # secure aggregation's amplification by sampling: far less noise than local DP for the same epsilon
+    assert fed["settings"][3]["noise_multiplier"] < fed["settings"][7]["noise_multiplier"] / 2
     assert fed["viewers"] > 100 and 0 <= fed["personalization"]["adopted"] <= fed["viewers"]
     assert "## On-device learning" in md and "(federate/federate_rounds.png)" in md
     assert (run / "federate" / "federate_rounds.png").is_file() and (run / "federate" / "bundle" / "manifest.json").is_file()
@@ -141,7 +145,7 @@ def test_pipeline_default_preset(tmp_path):
     rep = json.loads((run / "report.json").read_text())
     d = rep["dataset"]
     assert d["users"] == 2000 and d["items"] == 3000 and d["cold_items"] > 0
-    assert rep["federate"]["viewers"] == 300 and len(rep["federate"]["settings"]) == 4     # on-device learning ran
+    assert rep["federate"]["viewers"] == 300 and len(rep["federate"]["settings"]) == 8     # on-device learning ran
     assert set(d["modalities"]) == {"visual", "audio", "text", "motion"}
     m = rep["models"]
     pop, ido = m["popularity"], m["id_only"]

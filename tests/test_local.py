@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from edge_rec.errors import ConfigError
 from edge_rec.local import BATCH, HeadWeights, loss_and_grad
 
 
@@ -229,6 +230,74 @@ def test_noise_is_calibrated_by_the_rdp_accountant():
     assert epsilon_spent(sig[2.0], 1e-5, 5) < epsilon_spent(sig[2.0], 1e-5, 10)    # spent grows per round
 
 
+def _viewers(n: int, d: int = 16, seed: int = 0) -> list:
+    """``n`` synthetic viewers whose clicks follow the first fused coordinate: an adapter can learn them."""
+    from edge_rec.distill.federate import Request, Viewer
+    from edge_rec.local import Examples
+
+    out = []
+    for u in range(n):
+        f, s, _, _ = _batch(d, seed=seed * 1000 + u)
+        y = (f[:, 0] + 0.3 * np.random.default_rng(u).normal(size=len(f)) > 0).astype(np.float32)
+        r = np.random.default_rng(500 + u)
+        req = [Request(r.normal(size=12), r.normal(size=(12, d)), (np.arange(12) == k).astype(float)) for k in (0, 1)]
+        out.append(Viewer(u, [], Examples(f, s, y), req[0], req[1]))
+    return out
+
+
+def test_secure_aggregation_gives_fedavgs_average_and_nothing_of_one_update():
+    """Flower's SecAgg+ over the in-process grid, every client every round, no noise: the global adapter
+    is plain FedAvg's (to SecAgg+'s quantization step); and no reply a phone sends holds its update:
+    parameters cleared, only SecAgg+ keys/shares, the masked vector (uniform over the modulus) and the round."""
+    from flwr.common import bytes_to_ndarray
+    from flwr.common.serde import message_from_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+
+    from edge_rec.distill.federate import federate, federate_secure
+
+    vs = _viewers(6)
+    start = HeadWeights(np.zeros(18, np.float32))
+    sec = federate_secure(vs, start, rounds=2, clients_per_round=6, epsilon=math.inf, clip=0.5)
+    plain = federate(vs, start, rounds=2, clients_per_round=6, epsilon=math.inf, clip=0.5)
+    a, b = sec["final_head"].theta, plain["final_head"].theta
+    assert np.linalg.norm(b) > 0.1 and np.abs(a - b).max() < 1e-4
+    allowed = {"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"}
+    nodes = {n for n, _ in sec["wire"]}
+    assert len(nodes) == 6 and len(sec["wire"]) == 6 * 4 * 2                 # 4 SecAgg+ stages, 2 rounds
+    masked = 0
+    for _, raw in sec["wire"]:
+        c = message_from_proto(ProtoMessage.FromString(raw)).content
+        assert all(len(r) == 0 for r in c.array_records.values())
+        cfg = c.config_records["secaggplus_configs"]
+        assert set(cfg) <= allowed
+        if "fitres.metrics" in c.config_records:
+            assert dict(c.config_records["fitres.metrics"]) in ({"round": 1}, {"round": 2})
+        if "masked_params" in cfg:
+            vec = np.concatenate([bytes_to_ndarray(x).ravel() for x in cfg["masked_params"]]).astype(np.float64)
+            assert vec[-18:].std() > 0.1 * 2 ** 32              # uniform over the modulus, not a quantized update
+            masked += 1
+    assert masked == 12
+
+
+def test_central_dp_counts_the_sample_rate():
+    """User-level DP under secure aggregation: clients sampled at rate q per round need far less noise
+    than a client noising every round on its own, for the same epsilon; the accountant agrees."""
+    from edge_rec.distill.federate import epsilon_spent, federate_secure, noise_for
+
+    for e in (8.0, 1.0):
+        s_central, s_local = noise_for(e, 1e-5, 10, sample_rate=0.05), noise_for(e, 1e-5, 10)
+        assert s_central < s_local / 2
+        assert e * 0.97 <= epsilon_spent(s_central, 1e-5, 10, 0.05) <= e
+    vs = _viewers(12)
+    res = federate_secure(vs, HeadWeights(np.zeros(18, np.float32)), rounds=3, clients_per_round=4, epsilon=2.0)
+    assert res["sample_rate"] == pytest.approx(4 / 12)
+    assert res["noise_multiplier"] == pytest.approx(noise_for(2.0, 1e-5, 3, sample_rate=4 / 12))
+    assert [r["round"] for r in res["rounds"]] == [0, 1, 2, 3] and res["rounds"][0]["epsilon_spent"] == 0.0
+    assert 1.9 < res["rounds"][-1]["epsilon_spent"] <= 2.0
+    with pytest.raises(ConfigError):
+        federate_secure(vs, HeadWeights(np.zeros(18, np.float32)), rounds=1, clients_per_round=2, epsilon=2.0)
+
+
 def test_federate_cli_on_the_tiny_world(tiny_run, tmp_path):
     """`edge-rec federate` as a user runs it: the report's keys, a plot, and an updated bundle that
     verifies and whose adapter the runtime uses."""
@@ -241,13 +310,19 @@ def test_federate_cli_on_the_tiny_world(tiny_run, tmp_path):
                  "--rounds", "3", "--clients-per-round", "8", "--epsilon", "inf", "--epsilon", "4",
                  "--max-users", "60"]) == 0
     rep = json.loads((out / "federate_report.json").read_text())
-    assert [s["epsilon"] for s in rep["settings"]] == [None, 4.0]
+    assert [(s["privacy"], s["epsilon"]) for s in rep["settings"]] == [("central", None), ("central", 4.0),
+                                                                       ("local", None), ("local", 4.0)]
     for s in rep["settings"]:
         assert {"epsilon", "delta", "rounds", "clients_per_round", "ndcg@10", "lift_vs_frozen",
                 "bytes_per_client_round"} <= set(s)
-        assert s["bytes_per_client_round"] == 128 + 4 * (16 + 2)
-    assert rep["settings"][1]["noise_multiplier"] > 0 and rep["settings"][0]["noise_multiplier"] == 0
-    assert 3.8 < rep["settings"][1]["epsilon_spent"] <= 4.0
+        if s["privacy"] == "local":
+            assert s["bytes_per_client_round"] == 128 + 4 * (16 + 2) and s["sample_rate"] == 1.0
+        else:           # SecAgg+ keys, encrypted shares and the masked vector, over four stages
+            assert 1000 < s["bytes_per_client_round"] < 20000 and s["sample_rate"] == pytest.approx(8 / rep["clients"])
+    for k in (0, 2):
+        assert rep["settings"][k + 1]["noise_multiplier"] > 0 and rep["settings"][k]["noise_multiplier"] == 0
+        assert 3.8 < rep["settings"][k + 1]["epsilon_spent"] <= 4.0
+    assert set(rep["privacy"]) >= {"central", "local", "accountant", "delta"}
     assert [r["round"] for r in rep["rounds"]] == [0, 1, 2, 3]
     assert {"ndcg@10", "epsilon_spent"} <= set(rep["rounds"][0])
     assert 0 < rep["frozen"]["ndcg@10"] <= 1 and 0 < rep["central"]["ndcg@10"] <= 1
