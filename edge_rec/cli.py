@@ -436,7 +436,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
     ds = Dataset.load(args.data)
     rep = drift_replay(ds, args.bundle, planted_topics(args.data), n_users=args.users, max_swipes=args.max_swipes,
-                       seed=args.seed)
+                       seed=args.seed, local_learning=not args.no_local_learning, fit_every=args.fit_every)
     write_json(args.out, rep)
     _print({k: v for k, v in rep.items() if k != "rows"})
     print(f"report: {args.out}")
@@ -804,13 +804,18 @@ def build_parser() -> argparse.ArgumentParser:
     rr.set_defaults(func=cmd_rerank)
 
     dr = sub.add_parser("drift", help="replay the world's planted interest switches through a bundle: swipes until "
-                                      "the new interest holds the top 3, with and without on-device history updates")
+                                      "the new interest holds the top 3: history frozen, history updated on the device, "
+                                      "and history updates plus the personal adapter trained on the phone")
     dr.add_argument("--data", required=True, help="a synthetic world folder (it holds the planted truth)")
     dr.add_argument("--bundle", required=True)
     dr.add_argument("--out", required=True, help="JSON report to write")
     dr.add_argument("--users", type=int, default=50)
     dr.add_argument("--max-swipes", type=int, default=30)
     dr.add_argument("--seed", type=int, default=0)
+    dr.add_argument("--fit-every", type=int, default=1, metavar="N",
+                    help="the local-learning arm calls LocalLearner.fit() after every N swipes")
+    dr.add_argument("--no-local-learning", action="store_true",
+                    help="skip the local-learning arm (it trains the adapter in a real store per viewer: slower)")
     dr.set_defaults(func=cmd_drift)
 
     be = sub.add_parser("bench", help="latency, memory and size of every model in a bundle (bench.json, table, plots); "

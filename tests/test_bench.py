@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_rec.bench import RESULT_KEYS, check_against, merge
@@ -171,3 +172,50 @@ def test_rerank_latency_benchmark_reports_every_row_and_its_ratios(tiny_run):
     bad = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--windows", "0"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "--windows must be positive" in bad.stderr
+
+
+def test_local_learning_benchmark_measures_the_phone_side_alone(tiny_run, tmp_path):
+    """benchmarks/local_learning.py: each viewer replayed in a process that never imports torch, every
+    cost measured (observe, fit, one step) and the memory figures consistent with each other."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "local_learning.py"
+    out = tmp_path / "ll.json"
+    proc = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--viewers", "2", "--repeats", "30",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["torch_imported_by_the_phone_side"] is False and len(r["viewers"]) == 2
+    for v in r["viewers"]:
+        assert v["pages"] > 0 and v["examples"] >= v["candidates"] > 0      # every page kept, plus off-page events
+        assert v["observe_ms_p50"] > 0 and v["fit_ms"] > 0 and 0 < v["step_ms_p50"] <= v["step_ms_p99"]
+        m = v["rss_mb"]
+        assert 0 < m["process_start"] <= m["peak_before_fit"] <= m["peak_after_fit"]
+        assert m["fit_added_peak"] == pytest.approx(m["peak_after_fit"] - m["peak_before_fit"])
+        assert v["fit_traced_peak_kb"] > 0
+    assert r["median_over_viewers"]["step_ms_p50"] == pytest.approx(float(np.median([v["step_ms_p50"] for v in r["viewers"]])))
+    assert "torch imported: False" in proc.stdout
+
+
+def test_adapter_choice_benchmark_compares_both_kinds_on_one_protocol(tiny_run, tmp_path):
+    """benchmarks/adapter_choice.py: LoRA attached at rank r is the frozen model exactly, each kind's
+    setting is the one validation picked, and the sizes are what the two parametrisations train."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "adapter_choice.py"
+    out = tmp_path / "ac.json"
+    proc = subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--viewers", "4", "--rank", "2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["viewers"] == 4 and r["lora_at_start_max_abs_diff"] == 0.0
+    cfg = json.loads((tiny_run / "student" / "config.json").read_text())["config"]
+    d, ffn = cfg["d_model"], cfg["ffn_dim"]
+    inner = cfg["num_heads"] * (cfg.get("head_dim") or d // cfg["num_heads"])
+    k = r["kinds"]
+    assert k["output_adapter"]["trained_numbers"] == d + 2
+    assert k["lora"]["trained_numbers"] == 2 * (2 * (d + inner) + (d + ffn) + (ffn + d))
+    for kind, v in k.items():
+        tried = [t for t in r["trials"] if t["kind"] == kind]
+        assert v["picked"]["val.ndcg@10"] == max(t["val.ndcg@10"] for t in tried)
+        assert 0 <= v["kept"] <= 4 and v["lift"] == pytest.approx(v["ndcg@10"] - r["frozen"]["ndcg@10"])
+        assert v["lift_ci95"][0] <= v["lift"] <= v["lift_ci95"][1]
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable, str(script), "--run", str(tiny_run), "--rank", "0"], check=True,
+                       capture_output=True, timeout=300)

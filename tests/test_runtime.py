@@ -664,13 +664,26 @@ def test_drift_replay_adapts_faster_with_on_device_history(tiny_run, tmp_path, c
     assert rep["users"] == 50
     assert w["mean_swipes"] < wo["mean_swipes"] and w["reached_top3"] > wo["reached_top3"]
     assert all(0 <= r["with_updates"] <= rep["max_swipes"] for r in rep["rows"])
+    # the local-learning arm: a real store and the adapter trained on the phone after every swipe
+    ll = rep["with_local_learning"]
+    assert ll["fit_every"] == 1 and ll["fits"] >= rep["users"] and 0 <= ll["fits_kept"] <= ll["fits"]
+    assert all(0 <= r["with_local_learning"] <= rep["max_swipes"] for r in rep["rows"])
+    vs = ll["swipes_vs_history_updates"]
+    assert vs["fewer"] + vs["more"] + vs["same"] == rep["users"]
+    assert vs["mean_difference"] == pytest.approx(np.mean([r["with_local_learning"] - r["with_updates"] for r in rep["rows"]]))
+    # a viewer whose fit() never kept an adapter was ranked by the store's history alone: exactly the
+    # history-updates arm (the store and the request's history are the same inputs)
+    same = [r for r in rep["rows"] if r["local_learning"]["kept"] == 0]
+    assert all(r["with_local_learning"] == r["with_updates"] for r in same)
     out = tmp_path / "d.json"
     assert main(["drift", "--data", str(tiny_run / "data"), "--bundle", str(tiny_run / "bundle"),
-                 "--out", str(out), "--users", "3"]) == 0
-    assert json.loads(out.read_text())["users"] == 3
+                 "--out", str(out), "--users", "3", "--no-local-learning"]) == 0
+    small = json.loads(out.read_text())
+    assert small["users"] == 3 and "with_local_learning" not in small and "local_learning" not in small["rows"][0]
     # counts that would report NaN medians (0 users) or run the pool dry are refused, nothing written
     for flag, v, msg in (("--users", "0", "users must be a whole number >= 1"),
-                         ("--max-swipes", "0", "max_swipes must be"), ("--max-swipes", "100", "<= 61")):
+                         ("--max-swipes", "0", "max_swipes must be"), ("--max-swipes", "100", "<= 61"),
+                         ("--fit-every", "0", "fit_every must be a whole number >= 1")):
         assert main(["drift", "--data", str(tiny_run / "data"), "--bundle", str(tiny_run / "bundle"),
                      "--out", str(tmp_path / "bad.json"), flag, v]) == 2
         assert msg in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
