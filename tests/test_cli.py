@@ -95,6 +95,9 @@ def test_pipeline_tiny_writes_the_report(tiny_run):
     assert b["ratios"]["teacher_over_student_p50"] > 1 and b["roofline"]["peak_gflops"] > 0
     assert (run / "bench" / "latency.png").is_file() and rep["stages"]["bench"].startswith("ran")
     assert (run / "sample_feed.json").is_file() and rep["drift"]["users"] == 50
+    ll = rep["drift"]["with_local_learning"]
+    assert (f"| … and the personal adapter trained after every swipe | {ll['median_swipes']:g} | "
+            f"{ll['mean_swipes']:.1f} | {ll['reached_top3']:.0%} |") in md
     for name in ("early_fusion", "late_fusion", "teacher", "student_label_only", "student_kd", "student"):
         assert MODEL_KEYS <= set(rep["models"][name]), name
     assert rep["teacher"]["throughput"]["samples_per_s"] > 0
