@@ -107,7 +107,7 @@ def _score(model: nn.Module, x: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def _head_runs(model: nn.Module, viewers: list[dict[str, Any]], l2: float) -> tuple[list[HeadWeights | None], list[float]]:
     """The output adapter per viewer (None: not kept), and ms per step."""
     heads, ms = [], []
-    d = None
+    d = int(model.config.d_model)
     with torch.no_grad():
         for v in viewers:
             fused, score, label = [], [], []
@@ -115,7 +115,6 @@ def _head_runs(model: nn.Module, viewers: list[dict[str, Any]], l2: float) -> tu
                 o = _score(model, x)
                 n = len(y)
                 fused.append(o["fused"].numpy()[:n]), score.append(o["score"].numpy()[:n]), label.append(y.numpy())
-            d = d or int(_score(model, v["val"][0])["fused"].shape[1])
             if not fused or sum(len(s) for s in score) < 8:
                 heads.append(None)
                 continue

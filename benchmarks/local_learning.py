@@ -54,7 +54,7 @@ def _phone(pages_path: str, bundle: str, repeats: int) -> dict[str, Any]:
     """The child: replay one viewer's pages on the phone-side runtime alone."""
     import tracemalloc
 
-    from edge_rec.local import BATCH, LocalLearner, examples_from_store, loss_and_grad
+    from edge_rec.local import BATCH, LocalLearner, _batches, examples_from_store, loss_and_grad
     from edge_rec.runtime import Reranker
     from edge_rec.state import UserState
 
@@ -84,11 +84,8 @@ def _phone(pages_path: str, bundle: str, repeats: int) -> dict[str, Any]:
             traced_peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             ex = examples_from_store(rr, state)
-    # one SGD step on a batch of the viewer's own examples, as train_head takes it
-    idx = np.arange(min(BATCH, len(ex)))
-    f, s, y, w = (np.zeros((BATCH, ex.fused.shape[1]), np.float32), np.zeros(BATCH, np.float32),
-                  np.zeros(BATCH, np.float32), np.zeros(BATCH, np.float32))
-    f[: len(idx)], s[: len(idx)], y[: len(idx)], w[: len(idx)] = ex.fused[idx], ex.score[idx], ex.label[idx], 1.0
+    # one SGD step on a batch of the viewer's own examples, built as train_head builds it
+    f, s, y, w = next(_batches(ex, np.arange(min(BATCH, len(ex)))))
     theta0 = rr.global_head.theta.astype(np.float32)
     theta = theta0.copy()
     steps = np.empty(repeats)
@@ -111,26 +108,12 @@ def _phone(pages_path: str, bundle: str, repeats: int) -> dict[str, Any]:
 
 def _viewer_pages(ds: Any, user: int) -> list[dict[str, Any]]:
     """A viewer's training-period pages, oldest first: the feed as sent, then the reactions to it."""
-    from edge_rec.distill.feed import creator_or_none, request_feed
+    from edge_rec.distill.feed import event_json, request_feed
 
-    rq, it, items = ds.requests, ds.interactions, ds.items
-    out = []
-    for r in sorted(ds.split_index("train").tolist(), key=lambda r: rq["ts"][r]):
-        if int(rq["user"][r]) != user:
-            continue
-        feed = request_feed(ds, r, history=0)
-        rows = np.flatnonzero(it["req"] == r)
-        events = []
-        for j in rows.tolist():
-            i = int(it["item"][j])
-            events.append({"item_id": int(items["item_id"][i]), "creator_id": creator_or_none(items["creator_id"][i]),
-                           "ts": float(it["ts"][j]), "watch_ms": float(it["watch_ms"][j]),
-                           "duration_ms": float(it["duration_ms"][j]), "finish": bool(it["finish"][j]),
-                           "skip": bool(it["skip"][j]), "like": bool(it["like"][j]), "share": bool(it["share"][j]),
-                           "embeddings": {m: ds.embeddings[m][i].astype(float).tolist() for m in ds.embeddings
-                                          if ds.present[m][i]}})
-        out.append({"now": feed["now"], "candidates": feed["candidates"], "events": events})
-    return out
+    rq = ds.requests
+    return [{**{k: v for k, v in request_feed(ds, r, history=0).items() if k in ("now", "candidates")},
+             "events": [event_json(ds, j) for j in np.flatnonzero(ds.interactions["req"] == r).tolist()]}
+            for r in sorted(ds.split_index("train").tolist(), key=lambda r: rq["ts"][r]) if int(rq["user"][r]) == user]
 
 
 def main(argv: list[str] | None = None) -> int:

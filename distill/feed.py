@@ -63,22 +63,26 @@ def page_feed(ds: Dataset, r: int, n: int, seed: int = 0) -> dict[str, Any]:
     return feed
 
 
+def event_json(ds: Dataset, j: int) -> dict[str, Any]:
+    """Interaction row ``j`` as the event JSON an app records (the runtime's history format)."""
+    it, items = ds.interactions, ds.items
+    i = int(it["item"][j])
+    return {"item_id": int(items["item_id"][i]), "creator_id": creator_or_none(items["creator_id"][i]),
+            "ts": float(it["ts"][j]), "watch_ms": float(it["watch_ms"][j]),
+            "duration_ms": float(it["duration_ms"][j]), "finish": bool(it["finish"][j]),
+            "skip": bool(it["skip"][j]), "like": bool(it["like"][j]), "share": bool(it["share"][j]),
+            "embeddings": {m: _emb(ds.embeddings[m][i], False) for m in ds.embeddings if ds.present[m][i]}}
+
+
 def request_feed(ds: Dataset, r: int, history: int = 50, int8_embeddings: bool = False) -> dict[str, Any]:
     """Request ``r`` of ``ds`` as a feed: its valid candidates and the viewer's last ``history`` events."""
-    rq, it, items = ds.requests, ds.interactions, ds.items
+    rq, items = ds.requests, ds.items
     now = float(rq["ts"][r])
     cand = rq["cand"][r][rq["cand"][r] >= 0]
     cands = item_candidates(ds, cand, now, int8_embeddings)
     start = int(ds.user_offsets()[rq["user"][r]])
     end = int(rq["hist_end"][r])
-    events = []
-    for j in range(max(start, end - history), end):
-        i = int(it["item"][j])
-        events.append({"item_id": int(items["item_id"][i]), "creator_id": creator_or_none(items["creator_id"][i]),
-                       "ts": float(it["ts"][j]), "watch_ms": float(it["watch_ms"][j]),
-                       "duration_ms": float(it["duration_ms"][j]), "finish": bool(it["finish"][j]),
-                       "skip": bool(it["skip"][j]), "like": bool(it["like"][j]), "share": bool(it["share"][j]),
-                       "embeddings": {m: _emb(ds.embeddings[m][i], False) for m in ds.embeddings if ds.present[m][i]}})
+    events = [event_json(ds, j) for j in range(max(start, end - history), end)]
     return {"request": int(r), "user": int(rq["user"][r]), "now": now, "candidates": cands, "history": events,
             "history_total": end - start,
             "clicked_item_ids": [int(items["item_id"][c]) for c, y in zip(cand.tolist(), rq["click"][r][rq["cand"][r] >= 0]) if y > 0]}
